@@ -1,0 +1,297 @@
+//! Loading the config: `load(path)` parses the YAML, compiles it into runtime types and
+//! reports every problem as `file:line:column: message`.
+//!
+//! Owns the runtime `Config` and its error type. The serde types are in `file`, the
+//! semantic checks in `compile`, the units (`100/min`, `2s`) in `units` and source
+//! positions in `location`.
+
+pub mod compile;
+pub mod file;
+pub mod location;
+pub mod schema;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderValue, Uri};
+use sha2::{Digest, Sha256};
+
+use crate::policy::Policy;
+use crate::response::Responses;
+use location::Locations;
+
+/// The default config, embedded so `sluice run` works with no file at all.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/sluice.yaml");
+
+/// Which file a problem is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The config file.
+    Main,
+    /// The file named by `keys_file`.
+    Keys,
+}
+
+/// Where allowed traffic goes.
+#[derive(Clone, Debug)]
+pub enum UpstreamTarget {
+    /// A plain HTTP upstream; the path of the URI is a prefix for every request.
+    Http(Uri),
+    /// The built-in demo upstream, answering every allowed request itself.
+    Demo,
+}
+
+/// What `Host` the upstream sees.
+#[derive(Clone, Debug)]
+pub enum HostHeader {
+    /// The client's `Host`.
+    Preserve,
+    /// The upstream URL's authority.
+    Upstream,
+    /// A fixed value.
+    Literal(HeaderValue),
+}
+
+/// Upstream connection settings.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// Where to send requests.
+    pub target: UpstreamTarget,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time until the response headers arrive.
+    pub timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// `Host` header policy.
+    pub host: HostHeader,
+}
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// Cap on tracked counters.
+    pub max_entries: usize,
+    /// How often idle counters are swept.
+    pub sweep_interval: Duration,
+}
+
+/// Log settings.
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// Tracing filter directive.
+    pub level: String,
+}
+
+/// The compiled config: everything the gateway runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Upstream settings.
+    pub upstream: UpstreamSettings,
+    /// Routes, plans, keys and identification.
+    pub policy: Policy,
+    /// Status codes, headers and bodies.
+    pub responses: Responses,
+    /// Store settings.
+    pub store: StoreSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Metric handles for every route × plan × decision, registered once.
+    pub metrics: crate::telemetry::PolicyMetrics,
+    /// Path the config came from (`None` for the embedded default).
+    pub source: Option<PathBuf>,
+    /// SHA-256 of the bearer token `/admin/*` requests must present, if one is configured.
+    pub admin_token: Option<[u8; 32]>,
+    /// Hot reload settings.
+    pub reload: ReloadSettings,
+    /// The files this config was read from, in order (config, then keys file).
+    pub inputs: Vec<InputFile>,
+    /// SHA-256 of the texts of `inputs`, concatenated in order.
+    pub sha256: [u8; 32],
+}
+
+/// Hot reload settings.
+#[derive(Clone, Debug)]
+pub struct ReloadSettings {
+    /// Whether file changes trigger a reload.
+    pub watch: bool,
+    /// How often the files are checked.
+    pub interval: Duration,
+}
+
+/// One file a config was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    /// The path as resolved (a relative `keys_file` joined to the config's directory).
+    pub path: PathBuf,
+    /// SHA-256 of its text.
+    pub sha256: [u8; 32],
+}
+
+/// One problem, placed in its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong, with the config path of the value.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "{}:{line}:{column}: {}", self.file, self.message)
+            }
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn one(file: &str, message: String) -> Self {
+        Self(vec![ConfigError {
+            file: file.into(),
+            line: None,
+            column: None,
+            message,
+        }])
+    }
+}
+
+/// Loads and compiles the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one(&name, format!("cannot read the config: {e}")))?;
+    let mut config = load_str(&text, &name, path.parent())?;
+    config.source = Some(path.to_path_buf());
+    config.inputs[0].path = path.to_path_buf();
+    Ok(config)
+}
+
+/// Compiles config text; `name` is used in messages, `dir` resolves a relative `keys_file`.
+pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let file: file::File = parse(text, name)?;
+    let (keys, keys_name, keys_text) = match &file.keys_file {
+        None => (Vec::new(), String::new(), String::new()),
+        Some(keys_path) => {
+            let full = dir.map_or_else(|| PathBuf::from(keys_path), |d| d.join(keys_path));
+            let keys_name = full.display().to_string();
+            let keys_text = std::fs::read_to_string(&full).map_err(|e| {
+                let at = Locations::index(text).find("keys_file");
+                ConfigErrors(vec![ConfigError {
+                    file: name.into(),
+                    line: at.map(|l| l.line),
+                    column: at.map(|l| l.column),
+                    message: format!("keys_file: cannot read \"{keys_name}\": {e}"),
+                }])
+            })?;
+            let keys: Vec<file::KeyEntry> = parse(&keys_text, &keys_name)?;
+            (keys, keys_name, keys_text)
+        }
+    };
+    let mut inputs = vec![InputFile {
+        path: PathBuf::from(name),
+        sha256: Sha256::digest(text.as_bytes()).into(),
+    }];
+    let mut digest = Sha256::new();
+    digest.update(text.as_bytes());
+    if !keys_name.is_empty() {
+        inputs.push(InputFile {
+            path: PathBuf::from(&keys_name),
+            sha256: Sha256::digest(keys_text.as_bytes()).into(),
+        });
+        digest.update(keys_text.as_bytes());
+    }
+    let compiled = compile::compile(file, keys).map(|mut config| {
+        config.inputs = inputs;
+        config.sha256 = digest.finalize().into();
+        config
+    });
+    compiled.map_err(|problems| {
+        let main = Locations::index(text);
+        let keys_locations = Locations::index(&keys_text);
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|p| {
+                let (file_name, locations) = match p.source {
+                    Source::Main => (name, &main),
+                    Source::Keys => (keys_name.as_str(), &keys_locations),
+                };
+                let at = if p.at_key {
+                    locations.find_key(&p.path)
+                } else {
+                    locations.find(&p.path)
+                };
+                let shown = if p.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", p.path)
+                };
+                ConfigError {
+                    file: file_name.into(),
+                    line: at.map(|l| l.line),
+                    column: at.map(|l| l.column),
+                    message: format!("{shown}{}", p.message),
+                }
+            })
+            .collect();
+        errors.sort_by_key(|e| (e.file != name, e.line, e.column));
+        ConfigErrors(errors)
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Result<T, ConfigErrors> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let location = e.location();
+        let message = e.to_string();
+        // serde_yaml appends " at line L column C"; the position goes in front instead.
+        let message = match message.find(" at line ") {
+            Some(at) if location.is_some() => message[..at].to_string(),
+            _ => message,
+        };
+        ConfigErrors(vec![ConfigError {
+            file: name.into(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            message,
+        }])
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,940 @@
+//! File types → runtime types. Gathers every problem in one pass, each with the config
+//! path of the value at fault (`routes[3].limit`), which `config` turns into
+//! `file:line:column`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+use sha2::Digest as _;
+
+use super::file::{self, AlgorithmName, File, KeyEntry, LimitFile, LimitValue, Scope};
+use super::units::Rate;
+use super::{
+    Config, LogSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings, UpstreamTarget,
+};
+use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
+use crate::limiter::window::SLIDING_MAX_LIMIT;
+use crate::limiter::{Algorithm, Quota};
+use crate::policy::matcher::{HostPattern, MethodSet, PathPattern};
+use crate::policy::{Limit, LimitSet, Origin, Policy, Profile, Route};
+use crate::response::{self, Reply, Responses};
+
+/// A problem at a config path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Which file.
+    pub source: Source,
+    /// Path of the offending value.
+    pub path: String,
+    /// Whether the mapping key (not its value) is at fault.
+    pub at_key: bool,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Name of the plan-wide limit in plan and key `limits`.
+pub const PLAN_WIDE: &str = "all";
+/// A decision tracks violated limits in a 64-bit mask.
+pub const MAX_LIMITS_PER_REQUEST: usize = 64;
+/// Plan of registered keys that name none.
+pub const DEFAULT_PLAN: &str = "default";
+/// Plan of callers identified by IP.
+pub const ANONYMOUS_PLAN: &str = "anonymous";
+
+struct Compiler {
+    problems: Vec<Problem>,
+    source: Source,
+    defaults: (AlgorithmName, Scope),
+}
+
+/// A route limit before overrides: everything but where it ends up.
+#[derive(Clone, Debug)]
+struct Spec {
+    name: Arc<str>,
+    rate: Rate,
+    algorithm: AlgorithmName,
+    scope: Scope,
+    burst: Option<u32>,
+    shadow: bool,
+}
+
+/// A route's limits while overrides are applied: `None` = exempt route, inner `None` = removed.
+type RouteSlots = Option<Vec<Option<(Spec, Origin)>>>;
+
+/// Compiles a parsed file (and its keys file) into the runtime config.
+pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Problem>> {
+    let mut c = Compiler {
+        problems: Vec::new(),
+        source: Source::Main,
+        defaults: (file.defaults.algorithm, file.defaults.per),
+    };
+
+    let routes_and_specs = c.routes(&file.routes);
+    let route_limit_names: BTreeMap<Arc<str>, (usize, usize)> = routes_and_specs
+        .iter()
+        .enumerate()
+        .flat_map(|(r, (_, specs))| {
+            specs
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(move |(i, s)| (s.name.clone(), (r, i)))
+        })
+        .collect();
+
+    // Plans: the declared ones plus the built-in `default` and `anonymous`.
+    let mut plan_names: Vec<Arc<str>> = file.plans.keys().map(|k| Arc::from(k.as_str())).collect();
+    for builtin in [DEFAULT_PLAN, ANONYMOUS_PLAN] {
+        if !file.plans.contains_key(builtin) {
+            plan_names.push(builtin.into());
+        }
+    }
+    let empty_plan = file::PlanFile::default();
+    let mut profiles = Vec::new();
+    for (index, name) in plan_names.iter().enumerate() {
+        let plan = file.plans.get(&**name).unwrap_or(&empty_plan);
+        let path = format!("plans.{name}");
+        let profile = c.profile(
+            name,
+            index,
+            plan.access != Some(file::Access::Deny),
+            &routes_and_specs,
+            &route_limit_names,
+            &[(&plan.limits, Origin::Plan, path)],
+        );
+        profiles.push(profile);
+    }
+
+    let plan_index = |name: &str| plan_names.iter().position(|p| &**p == name);
+    let mut registry = Registry::default();
+    let all_keys = file
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (Source::Main, format!("keys[{i}]"), k))
+        .chain(
+            keys_file
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (Source::Keys, format!("[{i}]"), k)),
+        );
+    for (source, path, entry) in all_keys {
+        c.source = source;
+        let plan_name = entry.plan.as_deref().unwrap_or(DEFAULT_PLAN);
+        let Some(plan) = plan_index(plan_name) else {
+            c.problem(
+                format!("{path}.plan"),
+                format!(
+                    "unknown plan \"{plan_name}\"; plans are: {}",
+                    list(plan_names.iter().map(|p| &**p))
+                ),
+            );
+            continue;
+        };
+        let profile = if entry.limits.is_empty() {
+            plan
+        } else {
+            let base = &file.plans.get(plan_name).unwrap_or(&empty_plan).limits;
+            let plan_path = format!("plans.{plan_name}");
+            let profile = c.profile(
+                &plan_names[plan],
+                plan,
+                profiles[plan].access,
+                &routes_and_specs,
+                &route_limit_names,
+                &[
+                    (base, Origin::Plan, plan_path),
+                    (&entry.limits, Origin::Key, path.clone()),
+                ],
+            );
+            profiles.push(profile);
+            profiles.len() - 1
+        };
+        let info = KeyInfo {
+            profile: profile as u32,
+            org: entry.org.as_deref().map(|o| registry.org(o)),
+        };
+        let inserted = match (&entry.key, &entry.sha256) {
+            (Some(key), None) if !key.trim().is_empty() => registry.insert_clear(key.trim(), info),
+            (None, Some(digest)) => match parse_digest(digest) {
+                Some(digest) => registry.insert_hashed(digest, info),
+                None => {
+                    c.problem(
+                        format!("{path}.sha256"),
+                        "expected 64 hex digits (the SHA-256 of the key)".into(),
+                    );
+                    true
+                }
+            },
+            _ => {
+                c.problem(
+                    path.clone(),
+                    "a key entry needs exactly one of `key` or `sha256`".into(),
+                );
+                true
+            }
+        };
+        if !inserted {
+            c.problem(path, "this key is listed twice".into());
+        }
+    }
+    c.source = Source::Main;
+
+    let identifier = c.identifier(&file, registry, &plan_index);
+    let responses = c.responses(&file.responses);
+    let upstream = c.upstream(&file.upstream);
+    let store = c.store(&file.store);
+    let log = LogSettings {
+        json: file.log.format == Some(file::LogFormat::Json),
+        level: file.log.level.clone().unwrap_or_else(|| "info".into()),
+    };
+
+    let admin_token = c.admin_token(&file.admin);
+    let reload = c.reload(&file.reload);
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    let routes = routes_and_specs
+        .into_iter()
+        .map(|(route, _)| route)
+        .collect();
+    let policy = Policy {
+        routes,
+        profiles,
+        plan_names,
+        identifier,
+    };
+    Ok(Config {
+        listen: file.listen,
+        admin_listen: file.admin.listen,
+        upstream,
+        responses,
+        store,
+        log,
+        shutdown_timeout: file
+            .shutdown_timeout
+            .map_or(Duration::from_secs(30), |d| d.0),
+        metrics: crate::telemetry::PolicyMetrics::new(&policy),
+        policy,
+        source: None,
+        admin_token,
+        reload,
+        inputs: Vec::new(),
+        sha256: [0; 32],
+    })
+}
+
+impl Compiler {
+    fn problem(&mut self, path: String, message: String) {
+        self.problems.push(Problem {
+            source: self.source,
+            path,
+            at_key: false,
+            message,
+        });
+    }
+
+    fn key_problem(&mut self, path: String, message: String) {
+        self.problems.push(Problem {
+            source: self.source,
+            path,
+            at_key: true,
+            message,
+        });
+    }
+
+    /// Routes with their limit specs (`None` = exempt).
+    fn routes(&mut self, routes: &[file::RouteFile]) -> Vec<(Route, Option<Vec<Spec>>)> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut limit_names: HashMap<Arc<str>, String> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if route.name.trim().is_empty() {
+                self.problem(
+                    format!("{path}.name"),
+                    "a route needs a non-empty name".into(),
+                );
+            }
+            let duplicate = seen.insert(&route.name, i);
+            if let Some(first) = duplicate {
+                self.problem(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate route name \"{}\" (first used by routes[{first}])",
+                        route.name
+                    ),
+                );
+            }
+            let methods = match &route.matcher.method {
+                None => MethodSet::any(),
+                Some(m) => MethodSet::parse(m.iter()).unwrap_or_else(|e| {
+                    self.problem(format!("{path}.match.method"), e);
+                    MethodSet::any()
+                }),
+            };
+            let pattern = route.matcher.path.as_deref().unwrap_or("/**");
+            let path_pattern = PathPattern::parse(pattern).unwrap_or_else(|e| {
+                self.problem(format!("{path}.match.path"), e);
+                PathPattern::parse("/**").expect("valid")
+            });
+            let host = route.matcher.host.as_deref().and_then(|h| {
+                HostPattern::parse(h)
+                    .map_err(|e| self.problem(format!("{path}.match.host"), e))
+                    .ok()
+            });
+            let cost = route.cost.unwrap_or(1);
+            if cost == 0 {
+                self.problem(format!("{path}.cost"), "cost must be at least 1".into());
+            }
+            let specs =
+                self.route_specs(&route.name, route.limit.as_ref(), &format!("{path}.limit"));
+            for spec in specs.iter().flatten() {
+                // A duplicate route already has its error; its default limit name follows it.
+                let clash = limit_names.insert(spec.name.clone(), path.clone());
+                if let (Some(first), None) = (clash, duplicate) {
+                    self.problem(
+                        format!("{path}.limit"),
+                        format!("duplicate limit name \"{}\" (also in {first})", spec.name),
+                    );
+                }
+                let quota_path = format!("{path}.limit");
+                self.quota(spec, cost, &quota_path);
+            }
+            out.push((
+                Route {
+                    name: route.name.as_str().into(),
+                    methods,
+                    path: path_pattern,
+                    host,
+                    cost: cost.max(1),
+                },
+                specs,
+            ));
+        }
+        out
+    }
+
+    fn route_specs(
+        &mut self,
+        route: &str,
+        value: Option<&LimitValue>,
+        path: &str,
+    ) -> Option<Vec<Spec>> {
+        let values: Vec<(&LimitValue, String)> = match value {
+            None => return Some(Vec::new()),
+            Some(LimitValue::None) => return None,
+            Some(LimitValue::Many(all)) => all
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v, format!("{path}[{i}]")))
+                .collect(),
+            Some(one) => vec![(one, path.to_string())],
+        };
+        let mut specs = Vec::new();
+        for (i, (value, path)) in values.into_iter().enumerate() {
+            let default_name = if i == 0 {
+                route.to_string()
+            } else {
+                format!("{route}#{}", i + 1)
+            };
+            match value {
+                LimitValue::Rate(rate) => {
+                    specs.push(self.spec_from_rate(default_name.into(), *rate))
+                }
+                LimitValue::Full(full) => {
+                    if let Some(spec) = self.spec_from_file(full, default_name.into(), None, &path)
+                    {
+                        specs.push(spec);
+                    }
+                }
+                LimitValue::None | LimitValue::Many(_) => self.problem(
+                    path,
+                    "expected a rate or `{ rate: ... }` inside a list of limits".into(),
+                ),
+            }
+        }
+        Some(specs)
+    }
+
+    fn spec_from_rate(&self, name: Arc<str>, rate: Rate) -> Spec {
+        Spec {
+            name,
+            rate,
+            algorithm: self.defaults.0,
+            scope: self.defaults.1,
+            burst: None,
+            shadow: false,
+        }
+    }
+
+    /// A full limit; `base` supplies what it leaves out (for overrides).
+    fn spec_from_file(
+        &mut self,
+        full: &LimitFile,
+        name: Arc<str>,
+        base: Option<&Spec>,
+        path: &str,
+    ) -> Option<Spec> {
+        let Some(rate) = full.rate.or(base.map(|b| b.rate)) else {
+            self.problem(
+                path.into(),
+                "a limit needs a `rate`, e.g. `rate: 100/min`".into(),
+            );
+            return None;
+        };
+        Some(Spec {
+            name: full.name.as_deref().map(Arc::from).unwrap_or(name),
+            rate,
+            algorithm: full
+                .algorithm
+                .or(base.map(|b| b.algorithm))
+                .unwrap_or(self.defaults.0),
+            scope: full
+                .per
+                .or(base.map(|b| b.scope))
+                .unwrap_or(self.defaults.1),
+            burst: full.burst.or(base.and_then(|b| b.burst)),
+            shadow: full.shadow.or(base.map(|b| b.shadow)).unwrap_or(false),
+        })
+    }
+
+    /// Validates a spec into a quota; reports values no request could ever satisfy.
+    fn quota(&mut self, spec: &Spec, cost: u32, path: &str) -> Option<Quota> {
+        let period = u64::try_from(spec.rate.period.as_nanos()).unwrap_or(u64::MAX);
+        let burst = spec.burst.unwrap_or(spec.rate.count);
+        let Some(quota) = Quota::new(spec.rate.count, period, burst) else {
+            self.problem(
+                path.into(),
+                format!(
+                    "limit \"{}\": rate and burst must be greater than zero",
+                    spec.name
+                ),
+            );
+            return None;
+        };
+        let algorithm = algorithm(spec.algorithm);
+        if algorithm == Algorithm::SlidingWindow && spec.rate.count > SLIDING_MAX_LIMIT {
+            self.problem(
+                path.into(),
+                format!("limit \"{}\": a sliding window counts at most {SLIDING_MAX_LIMIT} per period; use token_bucket for higher rates", spec.name),
+            );
+        }
+        if spec.burst.is_some() && algorithm != Algorithm::TokenBucket {
+            self.problem(
+                path.into(),
+                format!(
+                    "limit \"{}\": `burst` applies to token_bucket only",
+                    spec.name
+                ),
+            );
+        }
+        let capacity = if algorithm == Algorithm::TokenBucket {
+            burst
+        } else {
+            spec.rate.count
+        };
+        if cost > capacity {
+            self.problem(
+                path.into(),
+                format!("limit \"{}\" holds {capacity} units but one request costs {cost}: no request could ever pass", spec.name),
+            );
+        }
+        Some(quota)
+    }
+
+    fn limit(
+        &mut self,
+        spec: &Spec,
+        origin: Origin,
+        plan_wide: bool,
+        cost: u32,
+        path: &str,
+    ) -> Option<Limit> {
+        let quota = self.quota(spec, cost, path)?;
+        let algorithm = algorithm(spec.algorithm);
+        let group = if plan_wide { "plan" } else { "route" };
+        let id = stable_hash(&format!(
+            "{group}\0{}\0{:?}\0{}",
+            spec.name,
+            spec.scope,
+            algorithm.as_str()
+        ));
+        Some(Limit {
+            name: spec.name.clone(),
+            id,
+            algorithm,
+            quota,
+            scope: spec.scope,
+            shadow: spec.shadow,
+            origin,
+        })
+    }
+
+    /// Builds a profile: route limits with `layers` of overrides applied in order.
+    fn profile(
+        &mut self,
+        plan: &Arc<str>,
+        plan_index: usize,
+        access: bool,
+        routes: &[(Route, Option<Vec<Spec>>)],
+        names: &BTreeMap<Arc<str>, (usize, usize)>,
+        layers: &[(&BTreeMap<String, LimitValue>, Origin, String)],
+    ) -> Profile {
+        // Per route: each limit's current spec and origin, or removed (None).
+        let mut table: Vec<RouteSlots> = routes
+            .iter()
+            .map(|(_, specs)| {
+                specs.as_ref().map(|s| {
+                    s.iter()
+                        .map(|spec| Some((spec.clone(), Origin::Route)))
+                        .collect()
+                })
+            })
+            .collect();
+        let mut plan_wide: Option<(Spec, Origin, String)> = None;
+        for (overrides, origin, base_path) in layers {
+            for (name, value) in overrides.iter() {
+                let path = format!("{base_path}.limits.{name}");
+                if name == PLAN_WIDE {
+                    let base = plan_wide.as_ref().map(|(s, _, _)| s.clone());
+                    let spec = match value {
+                        LimitValue::None => None,
+                        LimitValue::Rate(rate) => Some(match base {
+                            Some(b) => Spec { rate: *rate, ..b },
+                            None => self.spec_from_rate(PLAN_WIDE.into(), *rate),
+                        }),
+                        LimitValue::Full(full) => {
+                            self.spec_from_file(full, PLAN_WIDE.into(), base.as_ref(), &path)
+                        }
+                        LimitValue::Many(_) => {
+                            self.problem(path.clone(), "expected one limit, not a list".into());
+                            None
+                        }
+                    };
+                    plan_wide = spec.map(|s| (s, origin.clone(), path));
+                    continue;
+                }
+                let Some(&(r, i)) = names.get(name.as_str()) else {
+                    self.key_problem(
+                        path,
+                        format!(
+                            "\"{name}\" names no route limit; expected `all` or one of: {}",
+                            list(names.keys().map(|k| &**k))
+                        ),
+                    );
+                    continue;
+                };
+                let Some(slot) = table[r].as_mut().map(|limits| &mut limits[i]) else {
+                    continue;
+                };
+                let route_spec = routes[r]
+                    .1
+                    .as_ref()
+                    .expect("named limits belong to limited routes")[i]
+                    .clone();
+                let base = slot.as_ref().map(|(s, _)| s.clone()).unwrap_or(route_spec);
+                *slot = match value {
+                    LimitValue::None => None,
+                    LimitValue::Rate(rate) => Some((
+                        Spec {
+                            rate: *rate,
+                            ..base
+                        },
+                        origin.clone(),
+                    )),
+                    LimitValue::Full(full) => self
+                        .spec_from_file(full, base.name.clone(), Some(&base), &path)
+                        .map(|mut s| {
+                            // The name is the counter's identity; an override keeps it.
+                            s.name = base.name.clone();
+                            (s, origin.clone())
+                        }),
+                    LimitValue::Many(_) => {
+                        self.problem(path, "expected one limit, not a list".into());
+                        None
+                    }
+                };
+            }
+        }
+        let plan_wide_limit = |c: &mut Self, cost: u32| {
+            plan_wide.as_ref().and_then(|(spec, origin, path)| {
+                let origin = if *origin == Origin::Key {
+                    Origin::Key
+                } else {
+                    Origin::PlanWide
+                };
+                c.limit(spec, origin, true, cost, path)
+            })
+        };
+        let mut by_route: Vec<LimitSet> = Vec::with_capacity(routes.len() + 1);
+        for (r, limits) in table.into_iter().enumerate() {
+            let cost = routes[r].0.cost;
+            let set = limits.map(|limits| {
+                let mut out: Vec<Limit> = limits
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(spec, origin)| {
+                        let path = format!("routes[{r}].limit");
+                        self.limit(&spec, origin, false, cost, &path)
+                    })
+                    .collect();
+                out.extend(plan_wide_limit(self, cost));
+                if out.len() > MAX_LIMITS_PER_REQUEST {
+                    self.problem(
+                        format!("routes[{r}].limit"),
+                        format!(
+                            "{} limits apply to one request; at most {MAX_LIMITS_PER_REQUEST} can",
+                            out.len()
+                        ),
+                    );
+                }
+                Arc::from(out)
+            });
+            by_route.push(set);
+        }
+        by_route.push(Some(Arc::from(
+            plan_wide_limit(self, 1).into_iter().collect::<Vec<_>>(),
+        )));
+        Profile {
+            plan: plan.clone(),
+            plan_index,
+            access,
+            by_route,
+        }
+    }
+
+    fn identifier(
+        &mut self,
+        file: &File,
+        registry: Registry,
+        plan_index: &dyn Fn(&str) -> Option<usize>,
+    ) -> Identifier {
+        let mut sources = Vec::new();
+        let mut trusted_proxies = Vec::new();
+        let mut ip_fallback = false;
+        for (i, source) in file.identify.iter().enumerate() {
+            let path = format!("identify[{i}]");
+            match source {
+                file::IdentifySource::ApiKey(key) => {
+                    let given = [key.header.is_some(), key.bearer, key.query.is_some()];
+                    if given.iter().filter(|&&g| g).count() != 1 {
+                        self.problem(
+                            format!("{path}.api_key"),
+                            "an api_key source needs exactly one of `header: NAME`, `bearer: true` or `query: NAME`".into(),
+                        );
+                    } else if let Some(header) = &key.header {
+                        match HeaderName::try_from(header.as_str()) {
+                            Ok(name) => sources.push(KeySource::Header(name)),
+                            Err(_) => self.problem(
+                                format!("{path}.api_key.header"),
+                                format!("\"{header}\" is not a valid header name"),
+                            ),
+                        }
+                    } else if let Some(query) = &key.query {
+                        sources.push(KeySource::Query(query.clone()));
+                    } else {
+                        sources.push(KeySource::Bearer);
+                    }
+                }
+                file::IdentifySource::Ip(ip) => {
+                    ip_fallback = true;
+                    for (j, cidr) in ip.trusted_proxies.iter().enumerate() {
+                        match parse_cidr(cidr) {
+                            Some(net) => trusted_proxies.push(net),
+                            None => self.problem(
+                                format!("{path}.ip.trusted_proxies[{j}]"),
+                                format!("\"{cidr}\" is not an IP address or CIDR like 10.0.0.0/8"),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        if file.identify.is_empty() {
+            sources.push(KeySource::Header(HeaderName::from_static("x-api-key")));
+        }
+        let default_anonymous = if ip_fallback {
+            Fallback::PerIp(plan_index(ANONYMOUS_PLAN).unwrap_or(0) as u32)
+        } else {
+            Fallback::Reject
+        };
+        let anonymous = self.fallback(
+            file.anonymous.as_ref(),
+            "anonymous",
+            file::FallbackPer::Ip,
+            plan_index,
+            default_anonymous,
+        );
+        let unknown_key = self.fallback(
+            file.unknown_key.as_ref(),
+            "unknown_key",
+            file::FallbackPer::Key,
+            plan_index,
+            Fallback::Reject,
+        );
+        Identifier {
+            sources,
+            trusted_proxies,
+            registry,
+            anonymous,
+            unknown_key,
+        }
+    }
+
+    fn fallback(
+        &mut self,
+        value: Option<&file::Fallback>,
+        path: &str,
+        default_per: file::FallbackPer,
+        plan_index: &dyn Fn(&str) -> Option<usize>,
+        default: Fallback,
+    ) -> Fallback {
+        match value {
+            None => default,
+            Some(file::Fallback::Reject) => Fallback::Reject,
+            Some(file::Fallback::Plan(plan)) => {
+                let Some(index) = plan_index(&plan.plan) else {
+                    self.problem(
+                        format!("{path}.plan"),
+                        format!("unknown plan \"{}\"", plan.plan),
+                    );
+                    return Fallback::Reject;
+                };
+                match plan.per.unwrap_or(default_per) {
+                    file::FallbackPer::Key => Fallback::PerKey(index as u32),
+                    file::FallbackPer::Ip => Fallback::PerIp(index as u32),
+                }
+            }
+        }
+    }
+
+    fn responses(&mut self, file: &file::Responses) -> Responses {
+        let reply =
+            |c: &mut Self, name: &str, given: Option<&file::ResponseFile>, default: (u16, &str)| {
+                let path = format!("responses.{name}");
+                let given_default = file::ResponseFile::default();
+                let given = given.unwrap_or(&given_default);
+                let status = given.status.unwrap_or(default.0);
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.as_u16() >= 200)
+                    .unwrap_or_else(|| {
+                        c.problem(
+                            format!("{path}.status"),
+                            format!("{status} is not a valid response status"),
+                        );
+                        StatusCode::from_u16(default.0).expect("valid default")
+                    });
+                let body_source = given.body.as_deref().unwrap_or(default.1);
+                let body = response::template::Template::compile(body_source).unwrap_or_else(|e| {
+                    c.problem(format!("{path}.body"), e);
+                    response::template::Template::compile("").expect("empty template")
+                });
+                let content_type =
+                    given
+                        .content_type
+                        .as_deref()
+                        .unwrap_or(if given.body.is_some() {
+                            "application/json"
+                        } else {
+                            "application/problem+json"
+                        });
+                let content_type = HeaderValue::try_from(content_type).unwrap_or_else(|_| {
+                    c.problem(
+                        format!("{path}.content_type"),
+                        "not a valid header value".into(),
+                    );
+                    HeaderValue::from_static("application/json")
+                });
+                let mut headers = Vec::new();
+                for (name, value) in &given.headers {
+                    match (
+                        HeaderName::try_from(name.as_str()),
+                        HeaderValue::try_from(value.as_str()),
+                    ) {
+                        (Ok(n), Ok(v)) => headers.push((n, v)),
+                        _ => c.key_problem(
+                            format!("{path}.headers.{name}"),
+                            "not a valid header name and value".into(),
+                        ),
+                    }
+                }
+                Reply {
+                    status,
+                    content_type,
+                    headers,
+                    body,
+                }
+            };
+        Responses {
+            style: file.headers.unwrap_or(file::HeaderStyle::XRatelimit),
+            reset: file.reset.unwrap_or(file::ResetStyle::UnixSeconds),
+            limited: reply(
+                self,
+                "limited",
+                file.limited.as_ref(),
+                (429, response::DEFAULT_LIMITED),
+            ),
+            unauthorized: reply(
+                self,
+                "unauthorized",
+                file.unauthorized.as_ref(),
+                (401, response::DEFAULT_UNAUTHORIZED),
+            ),
+            denied: reply(
+                self,
+                "denied",
+                file.denied.as_ref(),
+                (403, response::DEFAULT_DENIED),
+            ),
+            upstream_unavailable: reply(
+                self,
+                "upstream_unavailable",
+                file.upstream_unavailable.as_ref(),
+                (502, response::DEFAULT_UPSTREAM_UNAVAILABLE),
+            ),
+            upstream_timeout: reply(
+                self,
+                "upstream_timeout",
+                file.upstream_timeout.as_ref(),
+                (504, response::DEFAULT_UPSTREAM_TIMEOUT),
+            ),
+        }
+    }
+
+    fn upstream(&mut self, file: &file::Upstream) -> UpstreamSettings {
+        let target = if file.url == "demo:" || file.url == "demo" {
+            UpstreamTarget::Demo
+        } else {
+            match file.url.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    UpstreamTarget::Http(uri)
+                }
+                Ok(uri) if uri.scheme_str() == Some("https") => {
+                    self.problem(
+                        "upstream.url".into(),
+                        "https upstreams are not supported yet; use http://".into(),
+                    );
+                    UpstreamTarget::Demo
+                }
+                _ => {
+                    self.problem(
+                        "upstream.url".into(),
+                        format!("\"{}\" is not an upstream URL; expected http://HOST:PORT[/BASE] or `demo:`", file.url),
+                    );
+                    UpstreamTarget::Demo
+                }
+            }
+        };
+        let host = match file.host.as_deref() {
+            None | Some("preserve") => super::HostHeader::Preserve,
+            Some("upstream") => super::HostHeader::Upstream,
+            Some(literal) => match HeaderValue::try_from(literal) {
+                Ok(v) => super::HostHeader::Literal(v),
+                Err(_) => {
+                    self.problem(
+                        "upstream.host".into(),
+                        "expected `preserve`, `upstream` or a host name".into(),
+                    );
+                    super::HostHeader::Preserve
+                }
+            },
+        };
+        UpstreamSettings {
+            target,
+            connect_timeout: file.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+            timeout: file.timeout.map_or(Duration::from_secs(30), |d| d.0),
+            idle_timeout: file.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
+            host,
+        }
+    }
+
+    /// Reads the admin token from its environment variable (the file names the variable,
+    /// so the config itself holds no secret). Keeps only its digest.
+    fn admin_token(&mut self, admin: &file::Admin) -> Option<[u8; 32]> {
+        let name = admin.token_env.as_deref()?;
+        match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => {
+                Some(sha2::Sha256::digest(token.trim().as_bytes()).into())
+            }
+            _ => {
+                self.problem(
+                    "admin.token_env".into(),
+                    format!("environment variable {name} is not set or empty; it must hold the admin bearer token"),
+                );
+                None
+            }
+        }
+    }
+
+    fn reload(&mut self, file: &file::Reload) -> ReloadSettings {
+        let interval = file.interval.map_or(Duration::from_secs(1), |d| d.0);
+        if interval < Duration::from_millis(10) {
+            self.problem("reload.interval".into(), "must be at least 10ms".into());
+        }
+        ReloadSettings {
+            watch: file.watch.unwrap_or(true),
+            interval,
+        }
+    }
+
+    fn store(&mut self, file: &file::StoreFile) -> StoreSettings {
+        let max_entries = file
+            .max_entries
+            .unwrap_or(crate::limiter::store::memory::DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 {
+            self.problem("store.max_entries".into(), "must be at least 1".into());
+        }
+        let sweep_interval = file.sweep_interval.map_or(Duration::from_secs(10), |d| d.0);
+        if sweep_interval.is_zero() {
+            self.problem(
+                "store.sweep_interval".into(),
+                "must be greater than zero".into(),
+            );
+        }
+        StoreSettings {
+            max_entries,
+            sweep_interval,
+        }
+    }
+}
+
+fn algorithm(name: AlgorithmName) -> Algorithm {
+    match name {
+        AlgorithmName::FixedWindow => Algorithm::FixedWindow,
+        AlgorithmName::SlidingWindow => Algorithm::SlidingWindow,
+        AlgorithmName::TokenBucket => Algorithm::TokenBucket,
+    }
+}
+
+/// A hash that every process and replica computes alike (counter identities).
+pub fn stable_hash(text: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x736c_7569_6365, 0x6c69_6d69_7473);
+    h.write(text.as_bytes());
+    h.finish()
+}
+
+fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_digest.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,571 @@
+//! The config file as written: serde types only, every struct `deny_unknown_fields`.
+//!
+//! Values stay close to the YAML (strings, options); `compile` turns them into runtime
+//! types and reports every semantic problem with its place.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{de, Deserialize};
+
+use super::units::{HumanDuration, Rate};
+
+/// The whole file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Proxy listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, health).
+    #[serde(default)]
+    pub admin: Admin,
+    /// Where allowed traffic goes.
+    pub upstream: Upstream,
+    /// How callers are identified, tried in order.
+    #[serde(
+        default,
+        deserialize_with = "serde_yaml::with::singleton_map_recursive::deserialize"
+    )]
+    pub identify: Vec<IdentifySource>,
+    /// What happens to callers that present no key.
+    #[serde(default)]
+    pub anonymous: Option<Fallback>,
+    /// What happens to callers that present a key not in the registry.
+    #[serde(default)]
+    pub unknown_key: Option<Fallback>,
+    /// Inline key registry.
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+    /// A separate YAML file holding a list of key entries.
+    #[serde(default)]
+    pub keys_file: Option<String>,
+    /// Plans by name.
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanFile>,
+    /// Routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// Defaults for every limit.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Status codes, headers and bodies.
+    #[serde(default)]
+    pub responses: Responses,
+    /// Counter storage.
+    #[serde(default)]
+    pub store: StoreFile,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: Log,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(default)]
+    pub shutdown_timeout: Option<HumanDuration>,
+    /// Hot reload on file change.
+    #[serde(default)]
+    pub reload: Reload,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+/// Admin listener settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Loopback by default: metrics and config are not for the world.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Environment variable holding a bearer token that `/admin/*` requests must send.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token_env: None,
+        }
+    }
+}
+
+/// Hot reload settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    /// Reload when the config or keys file changes (default true).
+    #[serde(default)]
+    pub watch: Option<bool>,
+    /// How often the files are checked for changes (default 1s).
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// The upstream API.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `http://host:port[/base]`, or `demo:` for the built-in demo upstream.
+    pub url: String,
+    /// TCP connect timeout (default 2s).
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Time until the upstream's response headers arrive (default 30s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// How long a pooled idle connection is kept (default 90s).
+    #[serde(default)]
+    pub idle_timeout: Option<HumanDuration>,
+    /// `Host` sent upstream: `preserve` (default), `upstream`, or a literal host.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// One way to find out who is calling.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum IdentifySource {
+    /// An API key.
+    ApiKey(ApiKeySource),
+    /// The client IP: callers without a key are limited by IP under the anonymous plan.
+    Ip(IpSource),
+}
+
+/// Where an API key is read from: exactly one of the fields.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySource {
+    /// A request header.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `Authorization: Bearer <key>`.
+    #[serde(default)]
+    pub bearer: bool,
+    /// A query parameter.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// Client IP settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpSource {
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// What to do with a caller the registry does not know: `reject` or `{ plan: NAME, per }`.
+#[derive(Debug)]
+pub enum Fallback {
+    /// Answer 401.
+    Reject,
+    /// Limit such callers under a plan.
+    Plan(FallbackPlan),
+}
+
+impl<'de> Deserialize<'de> for Fallback {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Fallback;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`reject` or `{ plan: NAME, per: key | ip }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Fallback, E> {
+                match v {
+                    "reject" => Ok(Fallback::Reject),
+                    other => Err(E::custom(format!(
+                        "unknown action \"{other}\": expected `reject` or `{{ plan: NAME, per: key | ip }}`"
+                    ))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Fallback, A::Error> {
+                FallbackPlan::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Fallback::Plan)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Limit such callers under a plan.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackPlan {
+    /// The plan.
+    pub plan: String,
+    /// Count per presented key or per client IP (default: key for unknown keys).
+    #[serde(default)]
+    pub per: Option<FallbackPer>,
+}
+
+/// What an unknown caller is counted by.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackPer {
+    /// Each presented key.
+    Key,
+    /// The client IP.
+    Ip,
+}
+
+/// One registered key.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The key in clear.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Hex SHA-256 of the key, so the file leaks no key.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Plan name (default: `default`).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Organisation, for `per: org` limits.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Overrides by limit name, like a plan's.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitValue>,
+}
+
+/// A plan.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    /// `deny` answers 403 to every request of the plan.
+    #[serde(default)]
+    pub access: Option<Access>,
+    /// `all` = plan-wide limit over every request; any other name overrides that route limit.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitValue>,
+}
+
+/// Whether a plan may use the API.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// The default.
+    Allow,
+    /// 403 for every request.
+    Deny,
+}
+
+/// A limit as written: `none`, a bare rate (`300/min`), a full limit, or a list of them.
+///
+/// A bare rate in a plan or key override keeps the route limit's other settings.
+#[derive(Debug)]
+pub enum LimitValue {
+    /// `none`: exempt.
+    None,
+    /// `120/min`.
+    Rate(Rate),
+    /// `{ rate: 120/min, algorithm: ..., per: ... }`.
+    Full(LimitFile),
+    /// Several limits at once (routes only).
+    Many(Vec<LimitValue>),
+}
+
+impl<'de> Deserialize<'de> for LimitValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = LimitValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate like `100/min`, `none`, `{ rate: ..., algorithm: ..., per: ... }` or a list of those")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LimitValue, E> {
+                if v == "none" {
+                    return Ok(LimitValue::None);
+                }
+                Rate::parse(v).map(LimitValue::Rate).map_err(E::custom)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<LimitValue, A::Error> {
+                LimitFile::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(LimitValue::Full)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<LimitValue, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element()? {
+                    all.push(one);
+                }
+                Ok(LimitValue::Many(all))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Unique name: metric label, override key and the limit's default name.
+    pub name: String,
+    /// What requests it takes.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchFile,
+    /// One limit, a list, or `none` (exempt).
+    #[serde(default)]
+    pub limit: Option<LimitValue>,
+    /// Units one request takes (default 1).
+    #[serde(default)]
+    pub cost: Option<u32>,
+}
+
+/// A route's match.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// One method or a list (default: any).
+    #[serde(default)]
+    pub method: Option<OneOrMany>,
+    /// Path pattern (default `/**`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host pattern.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `GET` or `[GET, HEAD]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let slice: &[String] = match self {
+            OneOrMany::One(one) => std::slice::from_ref(one),
+            OneOrMany::Many(many) => many,
+        };
+        slice.iter().map(String::as_str)
+    }
+}
+
+/// A limit spelled out.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    /// Name in headers and overrides (default: the route's name, `#2`, `#3`... for more).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The rate.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Counting algorithm (default from `defaults`).
+    #[serde(default)]
+    pub algorithm: Option<AlgorithmName>,
+    /// What is counted (default from `defaults`).
+    #[serde(default)]
+    pub per: Option<Scope>,
+    /// Token bucket capacity (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Count and report, never reject.
+    #[serde(default)]
+    pub shadow: Option<bool>,
+}
+
+/// Algorithm names.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmName {
+    /// Epoch-aligned windows.
+    FixedWindow,
+    /// Weighted two-window counter.
+    SlidingWindow,
+    /// GCRA.
+    TokenBucket,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Each identity (key, or IP for anonymous callers).
+    Key,
+    /// Each organisation (the identity when it has none).
+    Org,
+    /// Each client IP.
+    Ip,
+    /// Everyone together.
+    Global,
+}
+
+/// Defaults for limits.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Default algorithm.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: AlgorithmName,
+    /// Default scope.
+    #[serde(default = "default_per")]
+    pub per: Scope,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            algorithm: default_algorithm(),
+            per: default_per(),
+        }
+    }
+}
+
+fn default_algorithm() -> AlgorithmName {
+    AlgorithmName::SlidingWindow
+}
+
+fn default_per() -> Scope {
+    Scope::Key
+}
+
+/// Response settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Responses {
+    /// Which rate-limit headers to send.
+    #[serde(default)]
+    pub headers: Option<HeaderStyle>,
+    /// Unit of `X-RateLimit-Reset`.
+    #[serde(default)]
+    pub reset: Option<ResetStyle>,
+    /// Rejected by a limit (429).
+    #[serde(default)]
+    pub limited: Option<ResponseFile>,
+    /// No identity or a rejected key (401).
+    #[serde(default)]
+    pub unauthorized: Option<ResponseFile>,
+    /// Plan without access (403).
+    #[serde(default)]
+    pub denied: Option<ResponseFile>,
+    /// Upstream refused or reset (502).
+    #[serde(default)]
+    pub upstream_unavailable: Option<ResponseFile>,
+    /// Upstream too slow (504).
+    #[serde(default)]
+    pub upstream_timeout: Option<ResponseFile>,
+}
+
+/// Rate-limit header styles.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderStyle {
+    /// `X-RateLimit-*`.
+    #[serde(alias = "x_ratelimit")]
+    XRatelimit,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
+    Ietf,
+    /// Both.
+    Both,
+    /// Neither.
+    None,
+}
+
+/// Units of `X-RateLimit-Reset`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetStyle {
+    /// Unix seconds.
+    UnixSeconds,
+    /// Unix milliseconds.
+    UnixMillis,
+    /// Seconds from now.
+    DeltaSeconds,
+}
+
+/// One outcome's response.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFile {
+    /// Status code.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Body template with `${variable}` placeholders.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `Content-Type` of the body (default `application/json`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Store settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `memory`.
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    /// Cap on tracked counters (memory store).
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// How often idle counters are swept (default 10s).
+    #[serde(default)]
+    pub sweep_interval: Option<HumanDuration>,
+}
+
+impl Default for StoreFile {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            max_entries: None,
+            sweep_interval: None,
+        }
+    }
+}
+
+fn default_backend() -> Backend {
+    Backend::Memory
+}
+
+/// Store backends.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Embedded, per process.
+    Memory,
+}
+
+/// Logging.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+    /// A tracing filter such as `info` or `sluice=debug` (overridden by `RUST_LOG`).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

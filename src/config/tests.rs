@@ -1,0 +1,128 @@
+use super::*;
+
+const MINIMAL: &str = "upstream: { url: \"demo:\" }\n";
+
+fn errors(text: &str) -> Vec<String> {
+    match load_str(text, "t.yaml", None) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_default_config_compiles() {
+    load_str(EMBEDDED_DEFAULT, "sluice.yaml", None).unwrap();
+    load_str(MINIMAL, "t.yaml", None).unwrap();
+}
+
+#[test]
+fn unknown_field_names_line_and_column() {
+    let e = errors("upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limt: 5/min }\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("t.yaml:3:16: routes[0]: unknown field `limt`, expected one of"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn malformed_rate_names_line_and_column() {
+    let e = errors("upstream: { url: \"demo:\" }\nroutes:\n  - name: a\n    limit: 100/mni\n");
+    assert_eq!(
+        e,
+        vec!["t.yaml:4:12: routes[0].limit: malformed rate \"100/mni\": expected COUNT/UNIT with UNIT one of s, min, h, d (or COUNT/DURATION like 100/10s)"]
+    );
+}
+
+#[test]
+fn semantic_problems_are_all_reported_with_places() {
+    let text = "\
+upstream: { url: \"demo:\" }
+keys:
+  - { key: k1, plan: gold }
+plans:
+  pro: { limits: { sned: 5/min } }
+routes:
+  - { name: send, match: { path: /v1/messages }, limit: 10/min }
+  - { name: send, match: { path: /v1/**/x }, limit: 10/min }
+";
+    let e = errors(text);
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].starts_with("t.yaml:3:"), "sorted by place: {e:#?}");
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "t.yaml:3:22: keys[0].plan: unknown plan \"gold\"; plans are: pro, default, anonymous"
+        )),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m
+                .starts_with("t.yaml:5:20: plans.pro.limits.sned: \"sned\" names no route limit")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "t.yaml:8:13: routes[1].name: duplicate route name \"send\" (first used by routes[0])"
+        )),
+        "{e:#?}"
+    );
+    assert!(e.iter().any(|m| m.starts_with("t.yaml:8:34: routes[1].match.path: invalid path pattern \"/v1/**/x\": a wildcard must be the last segment")), "{e:#?}");
+}
+
+#[test]
+fn keys_file_problems_name_the_keys_file() {
+    let dir = std::env::temp_dir().join(format!("sluice-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("keys.yaml"),
+        "- { key: a, plan: pro }\n- { key: b, plan: nope }\n",
+    )
+    .unwrap();
+    let text = "upstream: { url: \"demo:\" }\nkeys_file: keys.yaml\nplans: { pro: {} }\n";
+    std::fs::write(dir.join("sluice.yaml"), text).unwrap();
+    let e = load(&dir.join("sluice.yaml")).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    let shown = e.0[0].to_string();
+    assert!(
+        shown.contains("keys.yaml:2:19: [1].plan: unknown plan \"nope\""),
+        "{shown}"
+    );
+    std::fs::write(dir.join("keys.yaml"), "- { key: a, plan: pro }\n").unwrap();
+    let config = load(&dir.join("sluice.yaml")).unwrap();
+    assert_eq!(config.policy.identifier.registry.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn impossible_limits_are_rejected() {
+    let e =
+        errors("upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: 2/min, cost: 3 }\n");
+    assert!(
+        e[0].contains("limit \"a\" holds 2 units but one request costs 3"),
+        "{e:?}"
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: { rate: 2/min, burst: 5 } }\n");
+    assert!(
+        e[0].contains("`burst` applies to token_bucket only"),
+        "{e:?}"
+    );
+    let e = errors("upstream: { url: \"ftp://x\" }\n");
+    assert!(
+        e[0].starts_with("t.yaml:1:18: upstream.url: \"ftp://x\" is not an upstream URL"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_syntax_error_has_a_place() {
+    let e = errors("upstream: { url: \"demo:\" \nroutes: [\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("t.yaml:"), "{}", e[0]);
+    assert!(
+        e[0].split(':').nth(1).unwrap().parse::<usize>().is_ok(),
+        "{}",
+        e[0]
+    );
+}

@@ -1,0 +1,310 @@
+//! Who is calling: an API key (header, bearer or query), a registered key's plan and
+//! organisation, or the client IP as the fallback.
+//!
+//! Owns key sources, the key registry and client-IP resolution. Produces an `Identity`
+//! that carries only hashes and indexes, so nothing per request is a `String` and no key
+//! reaches a log in clear. Does not know about routes or limits.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use http::header::{HeaderName, AUTHORIZATION};
+use http::request::Parts;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher13;
+
+use crate::policy::ProfileId;
+
+/// Where an API key is read from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// A request header.
+    Header(HeaderName),
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// A query parameter.
+    Query(String),
+}
+
+/// How a caller was identified; keys of different kinds never share a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A key from the registry.
+    Key,
+    /// A key the registry does not know, limited under the unknown-key plan.
+    UnknownKey,
+    /// No key: the client IP.
+    Ip,
+}
+
+/// The caller, as the policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// How it was identified.
+    pub kind: Kind,
+    /// Keyed hash of the key (or IP): the counter subject for `per: key` limits.
+    pub subject: u64,
+    /// Keyed hash of the organisation, for `per: org` limits.
+    pub org: Option<u64>,
+    /// Plan plus per-key overrides.
+    pub profile: ProfileId,
+}
+
+/// Why no identity could be established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unidentified {
+    /// No key was presented and anonymous callers are rejected.
+    NoKey,
+    /// The key is not registered and unknown keys are rejected.
+    UnknownKey,
+}
+
+/// What to do with callers the registry does not cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// 401.
+    Reject,
+    /// Count each presented key under this profile.
+    PerKey(ProfileId),
+    /// Count by client IP under this profile.
+    PerIp(ProfileId),
+}
+
+/// One registered key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Plan plus overrides.
+    pub profile: ProfileId,
+    /// Hash of the organisation.
+    pub org: Option<u64>,
+}
+
+/// Registered keys, by clear text or by SHA-256.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clear: HashMap<Box<str>, KeyInfo>,
+    hashed: HashMap<[u8; 32], KeyInfo>,
+    /// Organisation names by hash, for `explain` and `/admin/usage` (never on the request path).
+    orgs: HashMap<u64, Box<str>>,
+}
+
+impl Registry {
+    /// Adds a key listed in clear.
+    pub fn insert_clear(&mut self, key: &str, info: KeyInfo) -> bool {
+        self.clear.insert(key.into(), info).is_none()
+    }
+
+    /// Adds a key listed by its SHA-256.
+    pub fn insert_hashed(&mut self, digest: [u8; 32], info: KeyInfo) -> bool {
+        self.hashed.insert(digest, info).is_none()
+    }
+
+    /// Looks a presented key up; hashes it only when hashed entries exist.
+    pub fn get(&self, key: &str) -> Option<&KeyInfo> {
+        if let Some(info) = self.clear.get(key) {
+            return Some(info);
+        }
+        if self.hashed.is_empty() {
+            return None;
+        }
+        self.hashed
+            .get(&<[u8; 32]>::from(Sha256::digest(key.as_bytes())))
+    }
+
+    /// The hash `per: org` limits count an organisation by; remembers its name.
+    pub fn org(&mut self, name: &str) -> u64 {
+        let hash = subject_hash(b'o', name.as_bytes());
+        self.orgs.entry(hash).or_insert_with(|| name.into());
+        hash
+    }
+
+    /// The name of an organisation hash made by [`Registry::org`].
+    pub fn org_name(&self, hash: u64) -> Option<&str> {
+        self.orgs.get(&hash).map(|name| &**name)
+    }
+
+    /// Number of registered keys.
+    pub fn len(&self) -> usize {
+        self.clear.len() + self.hashed.len()
+    }
+
+    /// Whether no key is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Finds the caller of a request.
+#[derive(Debug)]
+pub struct Identifier {
+    /// Key sources, tried in order.
+    pub sources: Vec<KeySource>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Registered keys.
+    pub registry: Registry,
+    /// Callers with no key.
+    pub anonymous: Fallback,
+    /// Callers with an unregistered key.
+    pub unknown_key: Fallback,
+}
+
+impl Identifier {
+    /// Identifies the caller of `parts` coming from `client_ip`.
+    pub fn identify(&self, parts: &Parts, client_ip: IpAddr) -> Result<Identity, Unidentified> {
+        let Some(key) = self.presented_key(parts) else {
+            return self.fallback(self.anonymous, None, client_ip, Unidentified::NoKey);
+        };
+        match self.registry.get(key) {
+            Some(info) => Ok(Identity {
+                kind: Kind::Key,
+                subject: subject_hash(b'k', key.as_bytes()),
+                org: info.org,
+                profile: info.profile,
+            }),
+            None => self.fallback(
+                self.unknown_key,
+                Some(key),
+                client_ip,
+                Unidentified::UnknownKey,
+            ),
+        }
+    }
+
+    fn fallback(
+        &self,
+        fallback: Fallback,
+        key: Option<&str>,
+        client_ip: IpAddr,
+        why: Unidentified,
+    ) -> Result<Identity, Unidentified> {
+        match (fallback, key) {
+            (Fallback::Reject, _) => Err(why),
+            (Fallback::PerKey(profile), Some(key)) => Ok(Identity {
+                kind: Kind::UnknownKey,
+                subject: subject_hash(b'u', key.as_bytes()),
+                org: None,
+                profile,
+            }),
+            (Fallback::PerKey(profile) | Fallback::PerIp(profile), _) => Ok(Identity {
+                kind: Kind::Ip,
+                subject: ip_hash(client_ip),
+                org: None,
+                profile,
+            }),
+        }
+    }
+
+    /// The first non-empty key any source finds.
+    pub fn presented_key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
+        self.sources.iter().find_map(|source| {
+            let key = match source {
+                KeySource::Header(name) => parts.headers.get(name)?.to_str().ok()?,
+                KeySource::Bearer => {
+                    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+                    let (scheme, token) = value.split_once(' ')?;
+                    if !scheme.eq_ignore_ascii_case("bearer") {
+                        return None;
+                    }
+                    token
+                }
+                KeySource::Query(name) => query_param(parts.uri.query()?, name)?,
+            };
+            let key = key.trim();
+            (!key.is_empty()).then_some(key)
+        })
+    }
+
+    /// The client address: the peer, or for a trusted peer the rightmost untrusted
+    /// address of `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: IpAddr, parts: &Parts) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for value in parts
+            .headers
+            .get_all(crate::upstream::X_FORWARDED_FOR)
+            .iter()
+            .rev()
+        {
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
+            for hop in value.rsplit(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(ip) => {
+                        client = ip;
+                        if !self.is_trusted(ip) {
+                            return ip;
+                        }
+                    }
+                    Err(_) => return client,
+                }
+            }
+        }
+        client
+    }
+
+    /// Whether `ip` is a configured trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// A query parameter's raw value (keys are URL-safe tokens; no decoding).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Process-wide secret for subject hashes, so nobody can craft a key that shares a
+/// counter with someone else's. Kept across reloads, so counters survive them.
+fn hasher() -> &'static SipHasher13 {
+    static HASHER: OnceLock<SipHasher13> = OnceLock::new();
+    HASHER.get_or_init(|| {
+        let (k0, k1) = (rand::random(), rand::random());
+        SipHasher13::new_with_keys(k0, k1)
+    })
+}
+
+/// Keyed hash of a subject; `tag` keeps kinds apart (a key never equals an IP or an org).
+pub fn subject_hash(tag: u8, bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = *hasher();
+    h.write_u8(tag);
+    h.write(bytes);
+    h.finish()
+}
+
+/// Subject hash of a client IP.
+pub fn ip_hash(ip: IpAddr) -> u64 {
+    match canonical(ip) {
+        IpAddr::V4(v4) => subject_hash(b'4', &v4.octets()),
+        IpAddr::V6(v6) => subject_hash(b'6', &v6.octets()),
+    }
+}
+
+/// A short, non-reversible tag for logs: the first 8 hex digits of the key's SHA-256.
+pub fn redact(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    format!("sha256:{}", hex::encode(&digest[..4]))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Looking a caller up without a live request: the shared core of `sluice explain` and
+//! `/admin/usage`.
+//!
+//! A `Caller` (an API key, a client IP) is turned into the request head a real client
+//! would send, and that head goes through the same `Identifier` and route matching as
+//! live traffic, so what these tools report is what the gateway does. Owns no policy and
+//! counts nothing.
+
+pub mod explain;
+pub mod usage;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{HeaderValue, Method, Uri};
+
+use crate::identity::{KeySource, Unidentified};
+use crate::policy::Policy;
+
+/// Client address assumed when none is given.
+pub const DEFAULT_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Who to look up. Every field is optional: no key is an anonymous caller.
+///
+/// New identity kinds (a JWT) become one more field here and one more case in `head`.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    /// An API key, presented through the first configured key source that can carry it.
+    pub key: Option<String>,
+    /// The client address (default 127.0.0.1).
+    pub ip: Option<IpAddr>,
+}
+
+impl Caller {
+    /// The client address.
+    pub fn client_ip(&self) -> IpAddr {
+        self.ip.unwrap_or(DEFAULT_IP)
+    }
+}
+
+/// Why a caller could not be looked up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InspectError {
+    /// Not an HTTP method.
+    #[error("\"{0}\" is not an HTTP method")]
+    Method(String),
+    /// Not a path or URL.
+    #[error("\"{0}\" is not a request path (expected /PATH[?QUERY] or http://HOST/PATH)")]
+    Path(String),
+    /// The config reads no API keys.
+    #[error("this config reads no API keys (`identify` has no `api_key` source)")]
+    NoKeySource,
+    /// No key source can carry this key.
+    #[error("the key contains characters no configured key source can carry")]
+    Unpresentable,
+}
+
+/// The request head a client would send for `caller`.
+pub fn head(
+    policy: &Policy,
+    caller: &Caller,
+    method: &str,
+    path: &str,
+) -> Result<Parts, InspectError> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| InspectError::Method(method.into()))?;
+    let uri: Uri = path
+        .parse()
+        .ok()
+        .filter(|u: &Uri| u.path().starts_with('/'))
+        .ok_or_else(|| InspectError::Path(path.into()))?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    if let Some(key) = &caller.key {
+        present_key(policy, &mut parts, key)?;
+    }
+    Ok(parts)
+}
+
+/// Puts `key` where the first key source able to carry it looks.
+fn present_key(policy: &Policy, parts: &mut Parts, key: &str) -> Result<(), InspectError> {
+    let sources = &policy.identifier.sources;
+    if sources.is_empty() {
+        return Err(InspectError::NoKeySource);
+    }
+    for source in sources {
+        match source {
+            KeySource::Header(name) => {
+                if let Ok(value) = HeaderValue::from_str(key) {
+                    parts.headers.insert(name.clone(), value);
+                    return Ok(());
+                }
+            }
+            KeySource::Bearer => {
+                if let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}")) {
+                    parts.headers.insert(AUTHORIZATION, value);
+                    return Ok(());
+                }
+            }
+            KeySource::Query(name) => {
+                // Keys are matched raw (no decoding), so only URL-safe keys fit a query.
+                if key
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"&#%+=?".contains(&b))
+                {
+                    let path = parts.uri.path();
+                    let query = match parts.uri.query() {
+                        Some(q) => format!("{q}&{name}={key}"),
+                        None => format!("{name}={key}"),
+                    };
+                    let mut uri = http::uri::Builder::new();
+                    if let Some(scheme) = parts.uri.scheme() {
+                        uri = uri.scheme(scheme.clone());
+                    }
+                    if let Some(authority) = parts.uri.authority() {
+                        uri = uri.authority(authority.clone());
+                    }
+                    if let Ok(uri) = uri.path_and_query(format!("{path}?{query}")).build() {
+                        parts.uri = uri;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Err(InspectError::Unpresentable)
+}
+
+/// Why an unidentified caller is answered 401, in words.
+pub fn unidentified(why: Unidentified) -> &'static str {
+    match why {
+        Unidentified::NoKey => "no key, and callers without one are rejected",
+        Unidentified::UnknownKey => "the key is not registered, and unknown keys are rejected",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+//! sluice: a rate-limiting reverse proxy.
+//!
+//! A request walks one way through these modules:
+//!
+//! - [`server`]: accepts connections, speaks HTTP, drains on shutdown.
+//! - [`proxy`]: the request path: identify → match → check → forward or reject.
+//! - [`identity`]: who is calling (API key, key registry, client IP).
+//! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
+//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
+//! - [`response`]: rate-limit headers and the configured replies.
+//! - [`upstream`]: forwarding to the upstream API, streaming both ways.
+//!
+//! Around it: [`config`] loads and compiles the YAML, [`reload`] swaps in a new config
+//! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
+//! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod identity;
+pub mod inspect;
+pub mod limiter;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod response;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use limiter::clock::{Clock, SystemClock};
+use limiter::store::memory::MemoryStore;
+use limiter::store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Runs the gateway on `config` until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    config: config::Config,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = server::bind(config.listen).await?;
+    let admin_listener = server::bind(config.admin_listen).await?;
+    let (routes, keys) = (
+        config.policy.routes.len(),
+        config.policy.identifier.registry.len(),
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store.max_entries));
+    let sweep_every = config.store.sweep_interval;
+    let drain = config.shutdown_timeout;
+    let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
+    let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
+    // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
+    #[cfg(unix)]
+    let hangups = tokio::spawn(reload::on_hangup(reloader.clone())?);
+    let watcher = tokio::spawn(reloader.clone().watch());
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        routes,
+        keys,
+        "sluice is running"
+    );
+
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            store.sweep(clock.now());
+        }
+    });
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        gateway.clone(),
+        metrics,
+        reloader,
+    ));
+    server::serve(listener, gateway, shutdown, drain).await;
+    sweeper.abort();
+    admin.abort();
+    watcher.abort();
+    #[cfg(unix)]
+    hangups.abort();
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The request path: identify → match → check → forward or reject.
+//!
+//! One `Gateway` is shared by every connection. A request reads one snapshot of the
+//! compiled config and the clock once, asks the policy which limits apply, asks the
+//! limiter for one decision, and either forwards (adding the limit headers to the
+//! upstream's response) or renders the configured reply. Nothing here knows how limits
+//! count or where counters live.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::identity::Unidentified;
+use crate::limiter::clock::{Clock, Nanos};
+use crate::limiter::store::Store;
+use crate::limiter::Decision;
+use crate::policy::{Limit, Policy};
+use crate::response::{Context, Rejection};
+use crate::telemetry::{self, Timers, Verdict};
+use crate::upstream::{Forwarded, Upstream, UpstreamError};
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// One config generation with the upstream client built for it; swapped whole on reload.
+pub struct Snapshot {
+    /// The compiled config.
+    pub config: Config,
+    /// Its upstream client.
+    pub upstream: Upstream,
+    /// When it was loaded (unix nanoseconds; set by whoever swaps it in).
+    pub loaded_at: Nanos,
+}
+
+impl Snapshot {
+    /// Builds the upstream client for `config`.
+    pub fn new(config: Config) -> Self {
+        let upstream = Upstream::new(&config.upstream);
+        Self {
+            config,
+            upstream,
+            loaded_at: 0,
+        }
+    }
+}
+
+/// State shared by all connections.
+pub struct Gateway {
+    /// The current config; requests in flight keep the snapshot they started with.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Counter storage.
+    pub store: Arc<dyn Store>,
+    /// The only source of time.
+    pub clock: Arc<dyn Clock>,
+    timers: Timers,
+    request_ids: RequestIds,
+}
+
+impl Gateway {
+    /// A gateway serving `config` with `store` and `clock`.
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let mut snapshot = Snapshot::new(config);
+        snapshot.loaded_at = clock.now();
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store,
+            clock,
+            timers: Timers::new(),
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let snapshot = self.snapshot.load_full();
+        let config = &snapshot.config;
+        let policy = &config.policy;
+        let now = self.clock.now();
+        let (mut parts, body) = request.into_parts();
+        let request_id = self.request_ids.ensure(&mut parts.headers);
+
+        let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
+        let route = policy.find(&parts);
+        let mut reply = Reply {
+            config,
+            route,
+            plan: None,
+            request_id: &request_id,
+            now,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+        };
+
+        let identity = match policy.identifier.identify(&parts, client_ip) {
+            Ok(identity) => identity,
+            Err(why) => {
+                if why == Unidentified::UnknownKey {
+                    tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                }
+                return Ok(self.finish(
+                    reply.reject(Rejection::Unauthorized, None, &[]),
+                    &reply,
+                    Verdict::Unauthorized,
+                    false,
+                ));
+            }
+        };
+        let profile = policy.profile(&identity);
+        reply.plan = Some(profile.plan_index);
+        if !profile.access {
+            return Ok(self.finish(
+                reply.reject(Rejection::Denied, None, &[]),
+                &reply,
+                Verdict::Denied,
+                false,
+            ));
+        }
+
+        let Some(limits) = policy.limits(profile, route) else {
+            let response = self
+                .forward(&snapshot, parts, body, peer, None, &[], &reply)
+                .await;
+            return Ok(self.finish(response, &reply, Verdict::Exempt, false));
+        };
+        let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
+        let decision = match self.store.check(&checks, now).resolve().await {
+            Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
+            Err(error) => {
+                // The configurable fallbacks arrive with the Redis store; the memory store cannot fail.
+                tracing::warn!(%error, "store failed; allowing the request");
+                let mut decision = Decision::allow_all();
+                decision.degraded = true;
+                decision
+            }
+        };
+        self.timers
+            .limiter
+            .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
+        if !decision.allowed {
+            let response = reply.reject(Rejection::Limited, Some(&decision), limits);
+            return Ok(self.finish(response, &reply, Verdict::Limited, false));
+        }
+        let near_limit = decision
+            .headline()
+            .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
+        let response = self
+            .forward(
+                &snapshot,
+                parts,
+                body,
+                peer,
+                Some(&decision),
+                limits,
+                &reply,
+            )
+            .await;
+        Ok(self.finish(response, &reply, Verdict::Allowed, near_limit))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        parts: http::request::Parts,
+        body: Incoming,
+        peer: SocketAddr,
+        decision: Option<&Decision>,
+        limits: &[Limit],
+        reply: &Reply<'_>,
+    ) -> Response<Body> {
+        let forwarded = Forwarded {
+            peer: peer.ip(),
+            peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
+            proto: "http",
+        };
+        let started = self.clock.now();
+        let result = snapshot.upstream.forward(parts, body, &forwarded).await;
+        self.timers
+            .upstream
+            .record(nanos_to_secs(self.clock.now().saturating_sub(started)));
+        match result {
+            Ok(mut response) => {
+                snapshot.config.responses.write_limit_headers(
+                    response.headers_mut(),
+                    decision,
+                    limits,
+                    reply.now,
+                );
+                response
+            }
+            Err(error) => {
+                telemetry::upstream_error(error.kind());
+                tracing::warn!(%error, request_id = reply.request_id, "upstream failed");
+                let rejection = match error {
+                    UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
+                    UpstreamError::Unavailable { .. } => Rejection::UpstreamUnavailable,
+                };
+                reply.reject(rejection, decision, limits)
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        mut response: Response<Body>,
+        reply: &Reply<'_>,
+        verdict: Verdict,
+        near_limit: bool,
+    ) -> Response<Body> {
+        if let Ok(value) = HeaderValue::from_str(reply.request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        let config = reply.config;
+        config.metrics.record(
+            config.policy.routes.len(),
+            reply.route,
+            reply.plan,
+            verdict,
+            near_limit,
+        );
+        self.timers
+            .request
+            .record(nanos_to_secs(self.clock.now().saturating_sub(reply.now)));
+        response
+    }
+}
+
+/// What a reply needs to know about its request.
+struct Reply<'a> {
+    config: &'a Config,
+    route: Option<usize>,
+    plan: Option<usize>,
+    request_id: &'a str,
+    now: Nanos,
+    method: http::Method,
+    uri: http::Uri,
+}
+
+impl Reply<'_> {
+    fn reject(
+        &self,
+        rejection: Rejection,
+        decision: Option<&Decision>,
+        limits: &[Limit],
+    ) -> Response<Body> {
+        let policy = &self.config.policy;
+        let context = Context {
+            decision,
+            limits,
+            route: self
+                .route
+                .map_or(telemetry::UNMATCHED, |r| &policy.routes[r].name),
+            plan: self
+                .plan
+                .map_or(telemetry::NO_PLAN, |p| &policy.plan_names[p]),
+            request_id: self.request_id,
+            now: self.now,
+            method: &self.method,
+            path: self.uri.path(),
+        };
+        self.config.responses.render(rejection, &context)
+    }
+}
+
+fn nanos_to_secs(nanos: Nanos) -> f64 {
+    nanos as f64 / 1e9
+}
+
+/// Request ids: the client's when it sent a usable one, else a per-process random prefix
+/// and a counter (unique, and cheap: no randomness per request).
+struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        Self {
+            prefix: rand::random(),
+            next: AtomicU64::new(rand::random::<u32>().into()),
+        }
+    }
+
+    /// Returns the request's id, setting the header when the client sent none.
+    fn ensure(&self, headers: &mut http::HeaderMap) -> String {
+        if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            if !id.is_empty() && id.len() <= 200 {
+                return id.to_string();
+            }
+        }
+        let id = format!(
+            "{:016x}{:016x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&id).expect("hex is a valid header value"),
+        );
+        id
+    }
+}

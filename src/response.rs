@@ -1,0 +1,321 @@
+//! What sluice says itself: rate-limit headers on every response, and the configured
+//! reply for each outcome (limited, unauthorized, denied, upstream unavailable/timeout).
+//!
+//! Replies are compiled at load (status, content type, headers, body template); per
+//! request only numbers and the few template variables are formatted. Owns no decision:
+//! it renders the one it is given.
+
+pub mod template;
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use crate::body::Body;
+use crate::config::file::{HeaderStyle, ResetStyle};
+use crate::limiter::clock::{Nanos, MILLISECOND, SECOND};
+use crate::limiter::{Decision, Outcome};
+use crate::policy::Limit;
+use template::{Template, Values, Var};
+
+/// `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-11).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Default 429 body: RFC 9457 problem details with the draft's `quota-exceeded` type.
+pub const DEFAULT_LIMITED: &str = r#"{"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Too Many Requests","status":${status},"detail":"Rate limit exceeded; retry in ${retry_after} s.","violated-policies":${violated_policies},"request_id":"${request_id}"}"#;
+/// Default 401 body.
+pub const DEFAULT_UNAUTHORIZED: &str = r#"{"type":"about:blank","title":"Unauthorized","status":${status},"detail":"A valid API key is required.","request_id":"${request_id}"}"#;
+/// Default 403 body.
+pub const DEFAULT_DENIED: &str = r#"{"type":"about:blank","title":"Forbidden","status":${status},"detail":"Your plan (${plan}) does not include API access.","request_id":"${request_id}"}"#;
+/// Default 502 body.
+pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Bad Gateway","status":${status},"detail":"The upstream service is unavailable.","request_id":"${request_id}"}"#;
+/// Default 504 body.
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
+
+/// One outcome's compiled reply.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// `Content-Type` of the body.
+    pub content_type: HeaderValue,
+    /// Extra configured headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body template.
+    pub body: Template,
+}
+
+/// The outcomes sluice answers itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A limit rejected the request.
+    Limited,
+    /// No valid identity.
+    Unauthorized,
+    /// The plan has no access.
+    Denied,
+    /// The upstream refused, reset or failed.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+}
+
+/// All replies and the header style.
+#[derive(Debug)]
+pub struct Responses {
+    /// Which rate-limit headers are sent.
+    pub style: HeaderStyle,
+    /// Unit of `X-RateLimit-Reset`.
+    pub reset: ResetStyle,
+    /// 429.
+    pub limited: Reply,
+    /// 401.
+    pub unauthorized: Reply,
+    /// 403.
+    pub denied: Reply,
+    /// 502.
+    pub upstream_unavailable: Reply,
+    /// 504.
+    pub upstream_timeout: Reply,
+}
+
+/// What a reply is about; fills the template variables.
+pub struct Context<'a> {
+    /// The decision, when limits were checked.
+    pub decision: Option<&'a Decision>,
+    /// The limits the decision is about, in check order.
+    pub limits: &'a [Limit],
+    /// Route name.
+    pub route: &'a str,
+    /// Plan name.
+    pub plan: &'a str,
+    /// Request id.
+    pub request_id: &'a str,
+    /// The request's one clock reading.
+    pub now: Nanos,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request path.
+    pub path: &'a str,
+}
+
+impl Responses {
+    /// The reply for an outcome.
+    pub fn reply(&self, rejection: Rejection) -> &Reply {
+        match rejection {
+            Rejection::Limited => &self.limited,
+            Rejection::Unauthorized => &self.unauthorized,
+            Rejection::Denied => &self.denied,
+            Rejection::UpstreamUnavailable => &self.upstream_unavailable,
+            Rejection::UpstreamTimeout => &self.upstream_timeout,
+        }
+    }
+
+    /// Adds the rate-limit headers for `decision` (or for no quota at all, on responses
+    /// where no limit was checked, such as 401 and 403).
+    pub fn write_limit_headers(
+        &self,
+        headers: &mut HeaderMap,
+        decision: Option<&Decision>,
+        limits: &[Limit],
+        now: Nanos,
+    ) {
+        if self.style == HeaderStyle::None {
+            return;
+        }
+        let headline = decision.and_then(|d| d.headline.map(|i| (&d.outcomes[i], limits.get(i))));
+        let (outcome, limit) = match headline {
+            Some((outcome, limit)) => (*outcome, limit),
+            None if decision.is_some_and(|d| d.outcomes.is_empty() && d.allowed) => return,
+            None => (
+                Outcome {
+                    allowed: false,
+                    limit: 0,
+                    remaining: 0,
+                    reset: now,
+                    retry_after: 0,
+                },
+                None,
+            ),
+        };
+        if matches!(self.style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(outcome.limit));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(outcome.remaining));
+            headers.insert(
+                X_RATELIMIT_RESET,
+                HeaderValue::from(self.reset_value(outcome.reset, now)),
+            );
+        }
+        // The IETF fields name a policy; with no limit checked there is none to name.
+        if let (Some(limit), HeaderStyle::Ietf | HeaderStyle::Both) = (limit, self.style) {
+            let name = &limit.name;
+            let window = limit.quota.period().div_ceil(SECOND);
+            let mut policy = String::with_capacity(32);
+            let mut current = String::with_capacity(32);
+            write_sf_string(&mut policy, name);
+            let _ = write!(policy, ";q={};w={window}", outcome.limit);
+            write_sf_string(&mut current, name);
+            let _ = write!(
+                current,
+                ";r={};t={}",
+                outcome.remaining,
+                ceil_div(outcome.reset.saturating_sub(now), SECOND)
+            );
+            if let Ok(v) = HeaderValue::try_from(policy) {
+                headers.insert(RATELIMIT_POLICY, v);
+            }
+            if let Ok(v) = HeaderValue::try_from(current) {
+                headers.insert(RATELIMIT, v);
+            }
+        }
+    }
+
+    fn reset_value(&self, reset: Nanos, now: Nanos) -> u64 {
+        Self::reset_in(self.reset, reset, now)
+    }
+
+    /// Builds sluice's own response for `rejection`, with headers and rendered body.
+    pub fn render(&self, rejection: Rejection, cx: &Context<'_>) -> Response<Body> {
+        let reply = self.reply(rejection);
+        let rendering = Rendering {
+            cx,
+            status: reply.status,
+            reset: self.reset,
+        };
+        let body = reply.body.render(&rendering);
+        let mut response = Response::new(Body::full(Bytes::from(body)));
+        *response.status_mut() = reply.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, reply.content_type.clone());
+        if let Some(decision) = cx.decision.filter(|d| !d.allowed) {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after_seconds(decision.retry_after())),
+            );
+        }
+        self.write_limit_headers(headers, cx.decision, cx.limits, cx.now);
+        for (name, value) in &reply.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        response
+    }
+}
+
+/// `Retry-After` in whole seconds: rounded up, never 0.
+pub fn retry_after_seconds(wait: Nanos) -> u64 {
+    ceil_div(wait, SECOND).max(1)
+}
+
+fn ceil_div(n: u64, d: u64) -> u64 {
+    n.div_ceil(d)
+}
+
+/// A structured-field string (RFC 8941 §3.3.3): quotes and backslashes escaped.
+fn write_sf_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars().filter(|c| (' '..='~').contains(c)) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+struct Rendering<'a, 'b> {
+    cx: &'a Context<'b>,
+    status: StatusCode,
+    reset: ResetStyle,
+}
+
+impl Values for Rendering<'_, '_> {
+    fn write(&self, var: Var, out: &mut String) {
+        let cx = self.cx;
+        let headline = cx.decision.and_then(Decision::headline);
+        let retry = cx.decision.map_or(0, Decision::retry_after);
+        let _ = match var {
+            Var::RetryAfter => write!(out, "{}", retry_after_seconds(retry)),
+            Var::RetryAfterMs => write!(out, "{}", ceil_div(retry, MILLISECOND).max(1)),
+            Var::Limit => write!(out, "{}", headline.map_or(0, |o| o.limit)),
+            Var::Remaining => write!(out, "{}", headline.map_or(0, |o| o.remaining)),
+            Var::Reset => {
+                let responses_reset =
+                    Responses::reset_in(self.reset, headline.map_or(cx.now, |o| o.reset), cx.now);
+                write!(out, "{responses_reset}")
+            }
+            Var::Route => {
+                out.push_str(cx.route);
+                Ok(())
+            }
+            Var::Plan => {
+                out.push_str(cx.plan);
+                Ok(())
+            }
+            Var::RequestId => {
+                out.push_str(cx.request_id);
+                Ok(())
+            }
+            Var::Timestamp => write!(
+                out,
+                "{}",
+                humantime::format_rfc3339_seconds(system_time(cx.now))
+            ),
+            Var::TimestampMicros => {
+                let text = humantime::format_rfc3339_micros(system_time(cx.now)).to_string();
+                write!(out, "{}+00:00", text.trim_end_matches('Z'))
+            }
+            Var::UnixTime => write!(out, "{}", cx.now / SECOND),
+            Var::Status => write!(out, "{}", self.status.as_u16()),
+            Var::Method => {
+                out.push_str(cx.method.as_str());
+                Ok(())
+            }
+            Var::Path => {
+                out.push_str(cx.path);
+                Ok(())
+            }
+            Var::ViolatedPolicies => {
+                out.push('[');
+                if let Some(decision) = cx.decision {
+                    for (n, i) in decision.violated().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        out.push('"');
+                        template::escape_json_into(cx.limits.get(i).map_or("", |l| &l.name), out);
+                        out.push('"');
+                    }
+                }
+                out.push(']');
+                Ok(())
+            }
+        };
+    }
+}
+
+impl Responses {
+    fn reset_in(style: ResetStyle, reset: Nanos, now: Nanos) -> u64 {
+        match style {
+            ResetStyle::UnixSeconds => ceil_div(reset, SECOND),
+            ResetStyle::UnixMillis => ceil_div(reset, MILLISECOND),
+            ResetStyle::DeltaSeconds => ceil_div(reset.saturating_sub(now), SECOND),
+        }
+    }
+}
+
+fn system_time(now: Nanos) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(now)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Metric names, pre-registered metric handles, and log setup.
+//!
+//! Labels are bounded: route, plan and decision, never a key. Handles for every
+//! route × plan × decision are registered once per config, so recording a request is an
+//! index and an atomic add.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::policy::Policy;
+
+/// Requests by route, plan and decision.
+pub const REQUESTS: &str = "sluice_requests_total";
+/// Allowed requests after which the caller has used 80% or more of a limit.
+pub const NEAR_LIMIT: &str = "sluice_near_limit_total";
+/// Time from request head to response head, in seconds.
+pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
+/// Time the upstream took to send response headers, in seconds.
+pub const UPSTREAM_DURATION: &str = "sluice_upstream_duration_seconds";
+/// Time the limiter took for one decision, in seconds.
+pub const LIMITER_DURATION: &str = "sluice_limiter_duration_seconds";
+/// Upstream failures by kind (connect, timeout, reset).
+pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
+/// Counters tracked by the store.
+pub const STORE_ENTRIES: &str = "sluice_store_entries";
+/// Decisions counted on the shared overflow counter because the store was full.
+pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
+/// Config reloads by result (`ok`, `error`).
+pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
+/// Unix time of the last config load that took effect (startup counts).
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sluice_config_last_reload_success_timestamp_seconds";
+/// 1 if the last reload attempt took effect, 0 if it was rejected.
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
+/// Constant 1 with the version as a label.
+pub const BUILD_INFO: &str = "sluice_build_info";
+
+/// What happened to a request, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forwarded.
+    Allowed = 0,
+    /// Rejected by a limit.
+    Limited = 1,
+    /// The plan has no access.
+    Denied = 2,
+    /// No valid identity.
+    Unauthorized = 3,
+    /// The route is exempt from limits.
+    Exempt = 4,
+}
+
+impl Verdict {
+    const ALL: [Verdict; 5] = [
+        Verdict::Allowed,
+        Verdict::Limited,
+        Verdict::Denied,
+        Verdict::Unauthorized,
+        Verdict::Exempt,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Limited => "limited",
+            Verdict::Denied => "denied",
+            Verdict::Unauthorized => "unauthorized",
+            Verdict::Exempt => "exempt",
+        }
+    }
+}
+
+/// Label used for requests that match no route, or whose plan is not known yet.
+pub const UNMATCHED: &str = "unmatched";
+/// Plan label of unidentified callers.
+pub const NO_PLAN: &str = "none";
+
+/// Request counters for one compiled policy.
+#[derive(Debug)]
+pub struct PolicyMetrics {
+    plans: usize,
+    requests: Vec<Counter>,
+    near_limit: Vec<Counter>,
+}
+
+impl PolicyMetrics {
+    /// Registers a counter per route (plus unmatched) × plan (plus none) × verdict.
+    pub fn new(policy: &Policy) -> Self {
+        let routes: Vec<Arc<str>> = policy
+            .routes
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(std::iter::once(Arc::from(UNMATCHED)))
+            .collect();
+        let plans: Vec<Arc<str>> = policy
+            .plan_names
+            .iter()
+            .cloned()
+            .chain(std::iter::once(Arc::from(NO_PLAN)))
+            .collect();
+        let mut requests = Vec::new();
+        let mut near_limit = Vec::new();
+        for route in &routes {
+            for plan in &plans {
+                for verdict in Verdict::ALL {
+                    requests.push(metrics::counter!(
+                        REQUESTS,
+                        "route" => route.to_string(),
+                        "plan" => plan.to_string(),
+                        "decision" => verdict.as_str()
+                    ));
+                }
+                near_limit.push(metrics::counter!(
+                    NEAR_LIMIT,
+                    "route" => route.to_string(),
+                    "plan" => plan.to_string()
+                ));
+            }
+        }
+        Self {
+            plans: plans.len(),
+            requests,
+            near_limit,
+        }
+    }
+
+    fn slot(&self, route: Option<usize>, routes: usize, plan: Option<usize>) -> usize {
+        route.unwrap_or(routes) * self.plans + plan.unwrap_or(self.plans - 1)
+    }
+
+    /// Counts one request. `route`/`plan` are indexes (None = unmatched / no plan).
+    pub fn record(
+        &self,
+        routes: usize,
+        route: Option<usize>,
+        plan: Option<usize>,
+        verdict: Verdict,
+        near_limit: bool,
+    ) {
+        let slot = self.slot(route, routes, plan);
+        self.requests[slot * Verdict::ALL.len() + verdict as usize].increment(1);
+        if near_limit {
+            self.near_limit[slot].increment(1);
+        }
+    }
+}
+
+/// Process-wide histograms, registered once the recorder is installed.
+#[derive(Clone, Debug)]
+pub struct Timers {
+    /// Request head to response head.
+    pub request: Histogram,
+    /// Upstream response headers.
+    pub upstream: Histogram,
+    /// Limiter decision.
+    pub limiter: Histogram,
+}
+
+impl Timers {
+    /// Registers the histograms with the installed recorder.
+    pub fn new() -> Self {
+        Self {
+            request: metrics::histogram!(REQUEST_DURATION),
+            upstream: metrics::histogram!(UPSTREAM_DURATION),
+            limiter: metrics::histogram!(LIMITER_DURATION),
+        }
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts an upstream failure.
+pub fn upstream_error(kind: &'static str) {
+    metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Counts a decision taken on the overflow counter.
+pub fn store_overflow() {
+    metrics::counter!(STORE_OVERFLOW).increment(1);
+}
+
+/// Installs the Prometheus recorder; call once, before any config is compiled.
+pub fn install_metrics() -> PrometheusHandle {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .expect("bucket list is not empty")
+        .install_recorder()
+        .expect("the metrics recorder is installed once");
+    describe();
+    // Registered up front so dashboards and alerts see zeros instead of absent series.
+    for kind in ["connect", "reset", "timeout"] {
+        metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
+    }
+    metrics::counter!(STORE_OVERFLOW).absolute(0);
+    metrics::gauge!(STORE_ENTRIES).set(0.0);
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "Requests by route, plan and decision.");
+    describe_counter!(
+        NEAR_LIMIT,
+        "Allowed requests that left the caller at 80% or more of a limit."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Request head to response head."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Upstream time to response headers."
+    );
+    describe_histogram!(
+        LIMITER_DURATION,
+        Unit::Seconds,
+        "Time for one limiter decision."
+    );
+    describe_counter!(UPSTREAM_ERRORS, "Upstream failures by kind.");
+    describe_gauge!(STORE_ENTRIES, "Counters tracked by the store.");
+    describe_counter!(
+        STORE_OVERFLOW,
+        "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last config load that took effect."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESSFUL,
+        "1 if the last config reload took effect, 0 if it was rejected."
+    );
+    describe_gauge!(BUILD_INFO, "Build information.");
+}
+
+/// Sets up `tracing`: `RUST_LOG` wins over the configured level.
+pub fn init_logs(json: bool, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

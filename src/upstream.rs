@@ -1,0 +1,298 @@
+//! Forwarding allowed requests: the pooled upstream client, header rewriting on the way
+//! in and out, the response-header timeout, and the built-in demo upstream.
+//!
+//! Bodies are streamed both ways. Failures are classified for the caller (which answers
+//! 502 or 504 in the configured envelope); nothing here renders a reply.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::Body;
+use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused, reset, or the upstream broke the protocol.
+    #[error("upstream unavailable ({kind}): {source}")]
+    Unavailable {
+        /// Metric label: connect, reset.
+        kind: &'static str,
+        /// The client error.
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response headers within the timeout (or connect timed out).
+    #[error("upstream timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl UpstreamError {
+    /// Bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Unavailable { kind, .. } => kind,
+            UpstreamError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// The upstream, with its connection pool.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    settings: UpstreamSettings,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Upstream {
+    /// A pooled client for `settings`.
+    pub fn new(settings: &UpstreamSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self {
+            settings: settings.clone(),
+            client,
+        }
+    }
+
+    /// Sends the request upstream and returns its response head with the body streaming.
+    pub async fn forward(
+        &self,
+        mut parts: Parts,
+        body: Incoming,
+        forwarded: &Forwarded,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let base = match &self.settings.target {
+            UpstreamTarget::Demo => return Ok(demo(&parts)),
+            UpstreamTarget::Http(base) => base,
+        };
+        parts.uri = join(base, &parts.uri);
+        parts.version = http::Version::HTTP_11;
+        prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
+        let request = Request::from_parts(parts, body);
+        let response =
+            match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+                Err(_) => return Err(UpstreamError::Timeout(self.settings.timeout)),
+                Ok(Err(error)) => return Err(classify(error, self.settings.connect_timeout)),
+                Ok(Ok(response)) => response,
+            };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::upstream(body)))
+    }
+}
+
+/// What the upstream is told about the original request.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy (its forwarding headers are kept and extended).
+    pub peer_trusted: bool,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return UpstreamError::Timeout(connect_timeout);
+            }
+        }
+        source = e.source();
+    }
+    let kind = if error.is_connect() {
+        "connect"
+    } else {
+        "reset"
+    };
+    UpstreamError::Unavailable {
+        kind,
+        source: error,
+    }
+}
+
+/// `base` + the request's path and query.
+fn join(base: &Uri, request: &Uri) -> Uri {
+    let prefix = base.path().trim_end_matches('/');
+    let tail = request.path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = if prefix.is_empty() {
+        tail.to_string()
+    } else {
+        format!("{prefix}{tail}")
+    };
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}
+
+fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHeader, base: &Uri) {
+    let original_host = headers.get(header::HOST).cloned();
+    remove_hop_by_hop(headers);
+    let peer =
+        HeaderValue::from_str(&forwarded.peer.to_string()).expect("an IP is a valid header value");
+    match (forwarded.peer_trusted, headers.get(&X_FORWARDED_FOR)) {
+        (true, Some(existing)) => {
+            let mut chain = existing.as_bytes().to_vec();
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&chain) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        // From an untrusted peer, whatever it claims is dropped: the upstream sees who connected.
+        _ => {
+            headers.insert(X_FORWARDED_FOR, peer);
+        }
+    }
+    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto));
+    }
+    if let Some(original) = &original_host {
+        if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(X_FORWARDED_HOST, original.clone());
+        }
+    }
+    match host {
+        HostHeader::Preserve => {}
+        HostHeader::Upstream => {
+            if let Some(authority) = base.authority() {
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        HostHeader::Literal(value) => {
+            headers.insert(header::HOST, value.clone());
+        }
+    }
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The demo upstream: a small JSON echo, so a newcomer sees traffic without an API.
+fn demo(parts: &Parts) -> Response<Body> {
+    let mut body = String::from("{\"demo\":true,\"method\":\"");
+    crate::response::template::escape_json_into(parts.method.as_str(), &mut body);
+    body.push_str("\",\"path\":\"");
+    crate::response::template::escape_json_into(parts.uri.path(), &mut body);
+    body.push_str("\"}\n");
+    let mut response = Response::new(Body::full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_keeps_the_base_path_and_the_query() {
+        let base: Uri = "http://127.0.0.1:3000/api".parse().unwrap();
+        let req: Uri = "/v1/x?a=1".parse().unwrap();
+        assert_eq!(
+            join(&base, &req).to_string(),
+            "http://127.0.0.1:3000/api/v1/x?a=1"
+        );
+        let root: Uri = "http://127.0.0.1:3000".parse().unwrap();
+        assert_eq!(
+            join(&root, &req).to_string(),
+            "http://127.0.0.1:3000/v1/x?a=1"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_and_trusted_peers() {
+        let base: Uri = "http://10.0.0.1:3000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        let untrusted = Forwarded {
+            peer: "1.2.3.4".parse().unwrap(),
+            peer_trusted: false,
+            proto: "http",
+        };
+        prepare_request(&mut h, &untrusted, &HostHeader::Preserve, &base);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(h[header::HOST], "api.example.com");
+
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        let trusted = Forwarded {
+            peer: "10.1.1.1".parse().unwrap(),
+            peer_trusted: true,
+            proto: "http",
+        };
+        prepare_request(&mut h, &trusted, &HostHeader::Upstream, &base);
+        assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.1.1.1");
+        assert_eq!(h[header::HOST], "10.0.0.1:3000");
+    }
+}
