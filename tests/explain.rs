@@ -1,0 +1,95 @@
+//! `sluice explain` on the shipped default config: exact output, no key in it.
+
+use std::process::Command;
+
+fn explain(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["explain", "-c"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.yaml"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn explain_a_registered_key() {
+    let (ok, out, _) = explain(&["--key", "demo-key", "POST", "/v1/messages"]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        "\
+request:  POST /v1/messages
+client:   127.0.0.1 (default; set with --ip)
+caller:   key sha256:c48a01f4 (registered)
+plan:     pro
+org:      demo
+route:    send (POST /v1/messages), cost 1
+limits:   2, every one must allow the request:
+  send: 2/s token_bucket burst 4 per key (route), cost 1
+  all: 100/min sliding_window per key (plan-wide), cost 1
+"
+    );
+    assert!(!out.contains("demo-key"));
+}
+
+#[test]
+fn explain_an_anonymous_caller_and_a_denied_plan() {
+    let (ok, out, _) = explain(&["--ip", "192.0.2.1", "GET", "/v1/hello"]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        "\
+request:  GET /v1/hello
+client:   192.0.2.1
+caller:   client ip 192.0.2.1 (no key)
+plan:     anonymous
+route:    hello (GET /v1/hello), cost 1
+limits:   2, every one must allow the request:
+  hello: 5/min sliding_window per key (route), cost 1
+  all: 10/min sliding_window per key (plan-wide), cost 1
+"
+    );
+    let (ok, out, _) = explain(&["--key", "demo-free", "GET", "/v1/hello"]);
+    assert!(ok);
+    assert!(
+        out.ends_with("result:   403 denied: plan free has no API access\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_reports_bad_input_and_bad_configs() {
+    let (ok, _, err) = explain(&["GET", "no-slash"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "sluice explain: \"no-slash\" is not a request path (expected /PATH[?QUERY] or http://HOST/PATH)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "upstream: { url: \"demo:\" }\nroutes: [ { name: a, limit: 1/fortnight } ]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["explain", "-c"])
+        .arg(&bad)
+        .args(["GET", "/"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "{}:2:29: routes[0].limit: malformed rate",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
