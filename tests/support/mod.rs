@@ -115,6 +115,20 @@ impl Sluice {
         assert!(status.success());
     }
 
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// The log so far, one string.
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
