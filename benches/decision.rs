@@ -29,7 +29,7 @@ routes:
     match: { method: POST, path: "/v1/messages/{id}" }
     limit:
       - { rate: 1000000000/s, algorithm: token_bucket }
-      - { rate: 1000000000/min, algorithm: sliding_window, name: send-minute }
+      - { rate: 1000000/s, algorithm: sliding_window, name: send-second }
 "#;
 
 fn head(key: &str) -> Parts {

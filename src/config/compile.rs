@@ -231,7 +231,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
 
 impl Compiler {
     fn problem(&mut self, path: String, message: String) {
-        self.problems.push(Problem {
+        self.push(Problem {
             source: self.source,
             path,
             at_key: false,
@@ -240,12 +240,20 @@ impl Compiler {
     }
 
     fn key_problem(&mut self, path: String, message: String) {
-        self.problems.push(Problem {
+        self.push(Problem {
             source: self.source,
             path,
             at_key: true,
             message,
         });
+    }
+
+    /// Records a problem once: a route limit is compiled for every plan, and its problem
+    /// should not be reported once per plan.
+    fn push(&mut self, problem: Problem) {
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
     /// Routes with their limit specs (`None` = exempt).
