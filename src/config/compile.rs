@@ -76,6 +76,12 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
         defaults: (file.defaults.algorithm, file.defaults.per),
         redis: file.store.backend == file::Backend::Redis,
     };
+    if let (true, Some(url)) = (c.redis, &file.store.url) {
+        // Before any subject (an org below) is hashed: every replica pointed at this
+        // Redis and prefix must count a caller under the same counter.
+        let prefix = file.store.prefix.as_deref().unwrap_or("sluice");
+        crate::identity::share_subject_secret(format!("{url}\0{prefix}").as_bytes());
+    }
 
     let routes_and_specs = c.routes(&file.routes);
     let route_limit_names: BTreeMap<Arc<str>, (usize, usize)> = routes_and_specs
