@@ -96,6 +96,15 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
             "{path}"
         );
     }
+    // Callers already over their limit were answered from memory, without Redis.
+    let mut remembered = 0.0;
+    for r in &replicas {
+        remembered += r
+            .metric("sluice_store_cached_rejections_total")
+            .await
+            .unwrap();
+    }
+    assert!(remembered > 0.0, "no rejection was answered from memory");
     // Another caller has its own quota.
     let other = storm(&replicas, "/fixed", "other-key", 60).await;
     assert_eq!(count(&other, StatusCode::OK), 50);

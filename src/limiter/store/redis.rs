@@ -14,15 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::hash::BuildHasherDefault;
+
+use dashmap::DashMap;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
 use smallvec::SmallVec;
 
-use super::memory::MemoryStore;
+use super::memory::{KeyHasher, MemoryStore};
 use super::{Checking, OnError, Store, StoreError};
 use crate::config::RedisSettings;
 use crate::limiter::clock::Nanos;
-use crate::limiter::{Algorithm, Check, Outcome, Outcomes, Quota, INLINE_LIMITS};
+use crate::limiter::{Algorithm, Check, CounterKey, Outcome, Outcomes, Quota, INLINE_LIMITS};
 use crate::telemetry;
 
 /// The largest value the script's double arithmetic holds exactly.
@@ -75,6 +78,9 @@ struct Shared {
     replicas: AtomicU32,
     /// This replica's share of every limit, for `on_error: local`.
     local: MemoryStore,
+    /// Callers already over a limit, until they may fit again: answered without Redis.
+    over: DashMap<CounterKey, Over, BuildHasherDefault<KeyHasher>>,
+    over_cap: usize,
     /// Tests pin time to the caller's `now`; sluice always uses the server's clock.
     caller_clock: AtomicBool,
 }
@@ -104,6 +110,8 @@ impl RedisStore {
             breaker: Breaker::default(),
             replicas: AtomicU32::new(1),
             local: MemoryStore::new(max_entries),
+            over: DashMap::with_hasher(BuildHasherDefault::default()),
+            over_cap: max_entries,
             caller_clock: AtomicBool::new(false),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&shared)));
@@ -126,11 +134,18 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn check(&self, checks: &[Check], now: Nanos) -> Checking {
+        if let Some(outcomes) = self.shared.remembered(checks, now) {
+            telemetry::store_cached_rejection();
+            return Checking::Ready(Ok(outcomes));
+        }
         let shared = self.shared.clone();
         let checks: SmallVec<[Check; INLINE_LIMITS]> = checks.iter().copied().collect();
         Checking::Pending(Box::pin(async move {
             match shared.call(&checks, now, Mode::Check).await {
-                Ok(outcomes) => Ok(outcomes),
+                Ok(outcomes) => {
+                    shared.remember(&checks, &outcomes, now);
+                    Ok(outcomes)
+                }
                 Err(error) => shared.fallback(&checks, now, error).await,
             }
         }))
@@ -146,10 +161,11 @@ impl Store for RedisStore {
 
     fn sweep(&self, now: Nanos) {
         self.shared.local.sweep(now);
+        self.shared.over.retain(|_, over| over.until > now);
     }
 
     fn tracked_entries(&self) -> usize {
-        self.shared.local.tracked_entries()
+        self.shared.local.tracked_entries() + self.shared.over.len()
     }
 
     fn name(&self) -> &'static str {
@@ -236,6 +252,54 @@ impl Shared {
         Err(error)
     }
 
+    /// The answer for a request one of whose limits is remembered as exhausted: that
+    /// limit's rejection (its wait counted down), and the other limits as if untouched,
+    /// since they were not read. `None` when Redis must be asked.
+    fn remembered(&self, checks: &[Check], now: Nanos) -> Option<Outcomes> {
+        if self.over.is_empty() {
+            return None;
+        }
+        let mut hit = false;
+        let outcomes = checks
+            .iter()
+            .map(|check| {
+                let over = (!check.shadow)
+                    .then(|| self.over.get(&check.key))
+                    .flatten()
+                    .filter(|o| o.until > now && o.quota == check.quota && check.cost >= o.cost);
+                match over {
+                    Some(over) => {
+                        hit = true;
+                        Outcome {
+                            retry_after: over.until - now,
+                            ..over.outcome
+                        }
+                    }
+                    None => check.algorithm.peek(0, now, &check.quota, check.cost),
+                }
+            })
+            .collect();
+        hit.then_some(outcomes)
+    }
+
+    /// Remembers the limits that rejected a request until the wait they announced.
+    fn remember(&self, checks: &[Check], outcomes: &Outcomes, now: Nanos) {
+        for (check, outcome) in checks.iter().zip(outcomes) {
+            if outcome.allowed || check.shadow || self.over.len() >= self.over_cap {
+                continue;
+            }
+            self.over.insert(
+                check.key,
+                Over {
+                    until: now + outcome.retry_after,
+                    quota: check.quota,
+                    cost: check.cost,
+                    outcome: *outcome,
+                },
+            );
+        }
+    }
+
     /// What a request gets when Redis failed: `local` is answered here, the rest by the proxy.
     async fn fallback(
         &self,
@@ -266,6 +330,15 @@ impl Shared {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
+}
+
+/// A limit a caller exhausted: no request of at least `cost` fits before `until`
+/// (other traffic can only push that later).
+struct Over {
+    until: Nanos,
+    quota: Quota,
+    cost: u32,
+    outcome: Outcome,
 }
 
 /// This replica's share of a limit: the limit divided by the live replicas, at least 1.

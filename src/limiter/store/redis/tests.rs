@@ -148,6 +148,8 @@ async fn script_answers_exactly_as_the_memory_store() {
             c.cost = cost;
         }
         let peek = rng.random_bool(0.1);
+        // Compare the script itself, not the memory of exhausted callers.
+        redis.shared.over.clear();
         let want = answer(&memory, &checks, now, peek).await;
         let got = answer(&redis, &checks, now, peek).await;
         assert_eq!(got, want, "step {step} at {now}: {checks:?}");
@@ -197,6 +199,7 @@ async fn large_counts_and_long_periods_stay_exact() {
             c.cost = rng.random_range(1..limit / 2);
             let now = base + day + rng.random_range(0..day);
             let peek = rng.random_bool(0.5);
+            redis.shared.over.clear();
             let want = answer(&memory, &[c], now, peek).await;
             assert_eq!(
                 answer(&redis, &[c], now, peek).await,
@@ -242,6 +245,55 @@ async fn a_rejected_request_takes_nothing_and_keys_expire() {
             .unwrap();
         assert!(ttl > 0 && ttl <= 60_000, "{key}: {ttl}");
     }
+}
+
+#[tokio::test]
+async fn exhausted_callers_are_answered_without_redis_until_they_fit() {
+    let server = Server::start();
+    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000).unwrap();
+    let hourly = Quota::new(2, 3600 * SECOND, 2).unwrap();
+    let limit = check(1, Algorithm::FixedWindow, hourly, 1, false);
+    let other = check(
+        2,
+        Algorithm::TokenBucket,
+        Quota::new(100, SECOND, 100).unwrap(),
+        1,
+        false,
+    );
+    let both = [other, limit];
+    let now = 1_700_000_000 * SECOND;
+    for _ in 0..2 {
+        assert!(answer(&redis, &both, now, false).await[1].allowed);
+    }
+    let rejected = answer(&redis, &both, now, false).await;
+    assert!(!rejected[1].allowed);
+    let retry = rejected[1].retry_after;
+    assert!(retry > 0);
+
+    // Redis is gone; the exhausted caller is still answered, with its wait counted down.
+    drop(server);
+    let later = now + 10 * SECOND;
+    let again = match redis.check(&both, later) {
+        Checking::Ready(result) => result.unwrap(),
+        Checking::Pending(_) => panic!("an exhausted caller must not cost a Redis call"),
+    };
+    assert!(!again[1].allowed && again[0].allowed);
+    assert_eq!(again[1].retry_after, retry - 10 * SECOND);
+    assert_eq!(again[1].reset, rejected[1].reset);
+    // A caller of a different limit, or after the wait, goes to Redis (which fails here).
+    assert!(redis.check(&[other], later).resolve().await.is_err());
+    assert!(redis.check(&both, now + retry).resolve().await.is_err());
+    // A reload that changes the rate forgets the remembered rejection.
+    let raised = check(
+        1,
+        Algorithm::FixedWindow,
+        Quota::new(5, 3600 * SECOND, 5).unwrap(),
+        1,
+        false,
+    );
+    assert!(redis.check(&[raised], later).resolve().await.is_err());
+    redis.sweep(now + retry);
+    assert_eq!(redis.shared.over.len(), 0);
 }
 
 #[tokio::test]
