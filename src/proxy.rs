@@ -78,11 +78,12 @@ impl Gateway {
         }
     }
 
-    /// Handles one request from `peer`.
+    /// Handles one request from `peer`, which came over TLS when `tls`.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<Body>, Infallible> {
         let snapshot = self.snapshot.load_full();
         let config = &snapshot.config;
@@ -130,7 +131,7 @@ impl Gateway {
 
         let Some(limits) = policy.limits(profile, route) else {
             let response = self
-                .forward(&snapshot, parts, body, peer, None, &[], &reply)
+                .forward(&snapshot, parts, body, (peer, tls), None, &[], &reply)
                 .await;
             return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
@@ -160,7 +161,7 @@ impl Gateway {
                 &snapshot,
                 parts,
                 body,
-                peer,
+                (peer, tls),
                 Some(&decision),
                 limits,
                 &reply,
@@ -175,7 +176,7 @@ impl Gateway {
         snapshot: &Snapshot,
         parts: http::request::Parts,
         body: Incoming,
-        peer: SocketAddr,
+        (peer, tls): (SocketAddr, bool),
         decision: Option<&Decision>,
         limits: &[Limit],
         reply: &Reply<'_>,
@@ -183,7 +184,7 @@ impl Gateway {
         let forwarded = Forwarded {
             peer: peer.ip(),
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
-            proto: "http",
+            proto: if tls { "https" } else { "http" },
         };
         let started = self.clock.now();
         let result = snapshot.upstream.forward(parts, body, &forwarded).await;

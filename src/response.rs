@@ -42,6 +42,9 @@ pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":
 /// Default 504 body.
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
 
+/// Default 413 body.
+pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
+
 /// One outcome's compiled reply.
 #[derive(Debug)]
 pub struct Reply {
@@ -68,6 +71,8 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The request body is over the route's `max_body`.
+    PayloadTooLarge,
 }
 
 /// All replies and the header style.
@@ -87,6 +92,8 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 413.
+    pub payload_too_large: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -118,6 +125,7 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::PayloadTooLarge => &self.payload_too_large,
         }
     }
 

@@ -33,6 +33,8 @@ pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sluice_config_last_reload_success_timestamp_seconds";
 /// 1 if the last reload attempt took effect, 0 if it was rejected.
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
+/// Times the listener paused accepting because `limits.max_connections` were open.
+pub const CONNECTIONS_SATURATED: &str = "sluice_connections_saturated_total";
 /// Constant 1 with the version as a label.
 pub const BUILD_INFO: &str = "sluice_build_info";
 
@@ -185,6 +187,11 @@ pub fn store_overflow() {
     metrics::counter!(STORE_OVERFLOW).increment(1);
 }
 
+/// Counts a pause of the accept loop at `max_connections`.
+pub fn connections_saturated() {
+    metrics::counter!(CONNECTIONS_SATURATED).increment(1);
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -204,6 +211,7 @@ pub fn install_metrics() -> PrometheusHandle {
         metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
+    metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
@@ -236,6 +244,10 @@ fn describe() {
     describe_counter!(
         STORE_OVERFLOW,
         "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_counter!(
+        CONNECTIONS_SATURATED,
+        "Times the listener paused accepting because max_connections were open."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

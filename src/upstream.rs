@@ -11,6 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -55,19 +56,41 @@ impl UpstreamError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     settings: UpstreamSettings,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
 }
 
 impl Upstream {
-    /// A pooled client for `settings`.
+    /// A pooled client for `settings`: plain or TLS by the URL's scheme, HTTP/1.1 or (with
+    /// `http2`) HTTP/2 only — by ALPN over TLS, with prior knowledge in the clear.
     pub fn new(settings: &UpstreamSettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(false);
+        // An http:// upstream never uses the TLS config; it still needs one to build.
+        let tls = settings.tls.as_deref().cloned().unwrap_or_else(|| {
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        let mut https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        if let Some(name) = &settings.server_name {
+            https = https.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
+        }
+        let connector = if settings.http2 {
+            https.enable_http2().wrap_connector(connector)
+        } else {
+            https.enable_http1().wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(1024)
+            .http2_only(settings.http2)
             .build(connector);
         Self {
             settings: settings.clone(),
@@ -87,7 +110,11 @@ impl Upstream {
             UpstreamTarget::Http(base) => base,
         };
         parts.uri = join(base, &parts.uri);
-        parts.version = http::Version::HTTP_11;
+        parts.version = if self.settings.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
         let request = Request::from_parts(parts, body);
         let response =
