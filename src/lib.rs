@@ -10,6 +10,7 @@
 //! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
 //! - [`response`]: rate-limit headers and the configured replies.
 //! - [`upstream`]: forwarding to the upstream API, streaming both ways.
+//! - [`tunnel`]: protocol upgrades (WebSocket) spliced after a checked handshake.
 //!
 //! Around it: [`config`] loads and compiles the YAML, [`reload`] swaps in a new config
 //! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
@@ -31,6 +32,7 @@ pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::future::Future;

@@ -90,6 +90,7 @@ impl Gateway {
         let policy = &config.policy;
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
+        crate::tunnel::Hold::attach(&mut parts);
         let request_id = self.request_ids.ensure(&mut parts.headers);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
@@ -174,7 +175,7 @@ impl Gateway {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         (peer, tls): (SocketAddr, bool),
         decision: Option<&Decision>,
@@ -186,6 +187,7 @@ impl Gateway {
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
             proto: if tls { "https" } else { "http" },
         };
+        let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let started = self.clock.now();
         let result = snapshot.upstream.forward(parts, body, &forwarded).await;
         self.timers
@@ -193,6 +195,9 @@ impl Gateway {
             .record(nanos_to_secs(self.clock.now().saturating_sub(started)));
         match result {
             Ok(mut response) => {
+                if let Some(tunnel) = tunnel {
+                    tunnel.open(&mut response);
+                }
                 snapshot.config.responses.write_limit_headers(
                     response.headers_mut(),
                     decision,

@@ -35,6 +35,8 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sluice_config_last_reload_success_
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
 /// Times the listener paused accepting because `limits.max_connections` were open.
 pub const CONNECTIONS_SATURATED: &str = "sluice_connections_saturated_total";
+/// Upgraded connections (WebSocket tunnels) open now.
+pub const TUNNELS_OPEN: &str = "sluice_tunnels_open";
 /// Constant 1 with the version as a label.
 pub const BUILD_INFO: &str = "sluice_build_info";
 
@@ -192,6 +194,29 @@ pub fn connections_saturated() {
     metrics::counter!(CONNECTIONS_SATURATED).increment(1);
 }
 
+/// Counts an open tunnel in `sluice_tunnels_open` for as long as it lives.
+pub struct TunnelOpen(());
+
+impl TunnelOpen {
+    /// One more open tunnel.
+    pub fn new() -> Self {
+        metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+        TunnelOpen(())
+    }
+}
+
+impl Default for TunnelOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        metrics::gauge!(TUNNELS_OPEN).decrement(1.0);
+    }
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -212,6 +237,7 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
+    metrics::gauge!(TUNNELS_OPEN).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
@@ -248,6 +274,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_SATURATED,
         "Times the listener paused accepting because max_connections were open."
+    );
+    describe_gauge!(
+        TUNNELS_OPEN,
+        "Upgraded connections (WebSocket tunnels) open now."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

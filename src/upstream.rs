@@ -109,6 +109,7 @@ impl Upstream {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
             UpstreamTarget::Http(base) => base,
         };
+        let upgrade = crate::tunnel::requested(&parts).cloned();
         parts.uri = join(base, &parts.uri);
         parts.version = if self.settings.http2 {
             http::Version::HTTP_2
@@ -116,6 +117,9 @@ impl Upstream {
             http::Version::HTTP_11
         };
         prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
+        if let Some(protocol) = upgrade {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         let request = Request::from_parts(parts, body);
         let response =
             match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
@@ -124,7 +128,13 @@ impl Upstream {
                 Ok(Ok(response)) => response,
             };
         let (mut parts, body) = response.into_parts();
+        let switched = (parts.status == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten();
         remove_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = switched {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         Ok(Response::from_parts(parts, Body::upstream(body)))
     }
 }
@@ -215,6 +225,12 @@ fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHe
             headers.insert(header::HOST, value.clone());
         }
     }
+}
+
+/// `Connection: upgrade` and `Upgrade`: the hop-by-hop pair an upgrade must carry across.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 }
 
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
