@@ -16,7 +16,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::Config;
 use crate::identity::Unidentified;
 use crate::limiter::clock::{Clock, Nanos};
@@ -105,6 +105,19 @@ impl Gateway {
             uri: parts.uri.clone(),
         };
 
+        // A body announced larger than the route takes is refused before anything counts it;
+        // one that grows past it unannounced is cut off on its way upstream.
+        let max_body = route.and_then(|r| policy.routes[r].max_body);
+        if max_body.is_some_and(|max| announced_length(&parts.headers) > max) {
+            return Ok(self.finish(
+                reply.reject(Rejection::PayloadTooLarge, None, &[]),
+                &reply,
+                Verdict::TooLarge,
+                false,
+            ));
+        }
+        let body = RequestBody::new(body, max_body);
+
         let identity = match policy.identifier.identify(&parts, client_ip) {
             Ok(identity) => identity,
             Err(why) => {
@@ -176,7 +189,7 @@ impl Gateway {
         &self,
         snapshot: &Snapshot,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
         (peer, tls): (SocketAddr, bool),
         decision: Option<&Decision>,
         limits: &[Limit],
@@ -206,12 +219,16 @@ impl Gateway {
                 );
                 response
             }
+            Err(UpstreamError::BodyTooLarge(error)) => {
+                tracing::debug!(%error, request_id = reply.request_id, "request body cut off");
+                reply.reject(Rejection::PayloadTooLarge, decision, limits)
+            }
             Err(error) => {
                 telemetry::upstream_error(error.kind());
                 tracing::warn!(%error, request_id = reply.request_id, "upstream failed");
                 let rejection = match error {
                     UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
-                    UpstreamError::Unavailable { .. } => Rejection::UpstreamUnavailable,
+                    _ => Rejection::UpstreamUnavailable,
                 };
                 reply.reject(rejection, decision, limits)
             }
@@ -278,6 +295,15 @@ impl Reply<'_> {
         };
         self.config.responses.render(rejection, &context)
     }
+}
+
+/// The `Content-Length` a request announced (0 when none: its body is checked as it streams).
+fn announced_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn nanos_to_secs(nanos: Nanos) -> f64 {

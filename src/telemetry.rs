@@ -53,15 +53,18 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// The body was over the route's `max_body` (413).
+    TooLarge = 5,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 5] = [
+    const ALL: [Verdict; 6] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::TooLarge,
     ];
 
     /// The label value.
@@ -72,6 +75,7 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
+            Verdict::TooLarge => "too_large",
         }
     }
 }

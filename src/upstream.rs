@@ -10,13 +10,12 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
 /// `X-Forwarded-For`.
@@ -40,6 +39,9 @@ pub enum UpstreamError {
     /// No response headers within the timeout (or connect timed out).
     #[error("upstream timed out after {0:?}")]
     Timeout(Duration),
+    /// The client's body passed the route's `max_body` while it was being sent.
+    #[error("{0}")]
+    BodyTooLarge(TooLarge),
 }
 
 impl UpstreamError {
@@ -48,6 +50,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Unavailable { kind, .. } => kind,
             UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::BodyTooLarge(_) => "body_too_large",
         }
     }
 }
@@ -56,7 +59,7 @@ impl UpstreamError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     settings: UpstreamSettings,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
 }
 
 impl Upstream {
@@ -102,7 +105,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut parts: Parts,
-        body: Incoming,
+        body: RequestBody,
         forwarded: &Forwarded,
     ) -> Result<Response<Body>, UpstreamError> {
         let base = match &self.settings.target {
@@ -157,6 +160,11 @@ fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration)
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return UpstreamError::Timeout(connect_timeout);
             }
+        }
+        if let Some(too_large) = e.downcast_ref::<TooLarge>() {
+            return UpstreamError::BodyTooLarge(TooLarge {
+                limit: too_large.limit,
+            });
         }
         source = e.source();
     }
