@@ -207,6 +207,15 @@ mod tests {
         assert!(v.is_valid(&timeout("30")));
         assert!(v.is_valid(&timeout("1.5s")));
         assert!(!v.is_valid(&timeout("soon")));
+        let body = |b: &str| {
+            format!("upstream: {{ url: \"demo:\" }}\nroutes: [ {{ name: a, max_body: {b} }} ]\n")
+        };
+        for good in ["10MiB", "1.5KB", "2048", "64kib"] {
+            crate::config::load_str(&body(good), "t.yaml", None).unwrap();
+            assert!(v.is_valid(&yaml(&body(good))), "{good}");
+        }
+        assert!(!v.is_valid(&yaml(&body("lots"))));
+        assert!(crate::config::load_str(&body("lots"), "t.yaml", None).is_err());
     }
 
     #[test]
