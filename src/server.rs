@@ -42,6 +42,9 @@ use io::{Activity, Stream, Watched};
 /// `idle_timeout` after the timeout passes.
 const IDLE_CHECKS: u32 = 8;
 
+/// Least time between two `max_connections reached` warnings.
+const SATURATION_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// What the listener serves and how it protects itself.
 pub struct Listener {
     /// The bound socket.
@@ -65,16 +68,21 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let (stop, stopping) = watch::channel(false);
     let limits = Arc::new(limits);
+    let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 telemetry::connections_saturated();
-                tracing::warn!(
-                    max_connections = max,
-                    "max_connections reached; new connections wait in the listen backlog"
-                );
+                // Under sustained saturation this happens per connection: warn now and then.
+                if warned.is_none_or(|at| at.elapsed() >= SATURATION_WARNING_EVERY) {
+                    warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = max,
+                        "max_connections reached; new connections wait in the listen backlog"
+                    );
+                }
                 tokio::select! {
                     permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                     () = &mut shutdown => break,
