@@ -41,6 +41,8 @@ pub const DEFAULT_DENIED: &str = r#"{"type":"about:blank","title":"Forbidden","s
 pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Bad Gateway","status":${status},"detail":"The upstream service is unavailable.","request_id":"${request_id}"}"#;
 /// Default 504 body.
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
+/// Default body when the limit store failed under `on_error: deny`.
+pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":${status},"detail":"Rate limits cannot be checked right now; retry shortly.","request_id":"${request_id}"}"#;
 
 /// Default 413 body.
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
@@ -73,6 +75,8 @@ pub enum Rejection {
     UpstreamTimeout,
     /// The request body is over the route's `max_body`.
     PayloadTooLarge,
+    /// The limit store failed and `on_error` is `deny`.
+    Unavailable,
 }
 
 /// All replies and the header style.
@@ -94,6 +98,8 @@ pub struct Responses {
     pub upstream_timeout: Reply,
     /// 413.
     pub payload_too_large: Reply,
+    /// 503: the store failed under `on_error: deny`.
+    pub unavailable: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -126,6 +132,7 @@ impl Responses {
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
             Rejection::PayloadTooLarge => &self.payload_too_large,
+            Rejection::Unavailable => &self.unavailable,
         }
     }
 

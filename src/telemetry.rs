@@ -27,6 +27,22 @@ pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
 pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
+/// Time of one call to the Redis store, in seconds.
+pub const STORE_DURATION: &str = "sluice_store_duration_seconds";
+/// Failed Redis store calls by kind (`timeout`, `unavailable`).
+pub const STORE_ERRORS: &str = "sluice_store_errors_total";
+/// Requests let through unchecked because the store failed (`on_error: allow`).
+pub const STORE_FAIL_OPEN: &str = "sluice_store_fail_open_total";
+/// Requests answered 503 because the store failed (`on_error: deny`).
+pub const STORE_FAIL_CLOSED: &str = "sluice_store_fail_closed_total";
+/// Decisions taken on this replica's local share because Redis failed (`on_error: local`).
+pub const STORE_LOCAL_DECISIONS: &str = "sluice_store_local_decisions_total";
+/// 1 while the Redis store's circuit breaker is open (Redis not called), else 0.
+pub const STORE_BREAKER_OPEN: &str = "sluice_store_breaker_open";
+/// Live replicas sharing the Redis store, from their heartbeats.
+pub const STORE_REPLICAS: &str = "sluice_store_replicas";
+/// Rejections answered from the local memory of callers already over a limit (no Redis call).
+pub const STORE_CACHED_REJECTIONS: &str = "sluice_store_cached_rejections_total";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -53,17 +69,20 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// The store failed and `on_error: deny` answered 503.
+    Unavailable = 5,
     /// The body was over the route's `max_body` (413).
-    TooLarge = 5,
+    TooLarge = 6,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 6] = [
+    const ALL: [Verdict; 7] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::Unavailable,
         Verdict::TooLarge,
     ];
 
@@ -76,6 +95,7 @@ impl Verdict {
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
             Verdict::TooLarge => "too_large",
+            Verdict::Unavailable => "unavailable",
         }
     }
 }
@@ -221,6 +241,46 @@ impl Drop for TunnelOpen {
     }
 }
 
+/// Times one Redis store call.
+pub fn store_duration(elapsed: std::time::Duration) {
+    metrics::histogram!(STORE_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Counts a failed store call.
+pub fn store_error(kind: &'static str) {
+    metrics::counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Counts a request let through because the store failed.
+pub fn store_fail_open() {
+    metrics::counter!(STORE_FAIL_OPEN).increment(1);
+}
+
+/// Counts a request answered 503 because the store failed.
+pub fn store_fail_closed() {
+    metrics::counter!(STORE_FAIL_CLOSED).increment(1);
+}
+
+/// Counts a decision taken on the local share.
+pub fn store_local_decision() {
+    metrics::counter!(STORE_LOCAL_DECISIONS).increment(1);
+}
+
+/// Sets the breaker gauge.
+pub fn store_breaker(open: bool) {
+    metrics::gauge!(STORE_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+/// Sets the live replica gauge.
+pub fn store_replicas(live: u32) {
+    metrics::gauge!(STORE_REPLICAS).set(f64::from(live));
+}
+
+/// Counts a rejection answered from the local over-limit memory.
+pub fn store_cached_rejection() {
+    metrics::counter!(STORE_CACHED_REJECTIONS).increment(1);
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -243,6 +303,19 @@ pub fn install_metrics() -> PrometheusHandle {
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(TUNNELS_OPEN).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
+    for kind in ["timeout", "unavailable"] {
+        metrics::counter!(STORE_ERRORS, "kind" => kind).absolute(0);
+    }
+    for counter in [
+        STORE_FAIL_OPEN,
+        STORE_FAIL_CLOSED,
+        STORE_LOCAL_DECISIONS,
+        STORE_CACHED_REJECTIONS,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    metrics::gauge!(STORE_BREAKER_OPEN).set(0.0);
+    metrics::gauge!(STORE_REPLICAS).set(1.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
 }
@@ -282,6 +355,36 @@ fn describe() {
     describe_gauge!(
         TUNNELS_OPEN,
         "Upgraded connections (WebSocket tunnels) open now."
+    );
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "Time of one call to the Redis store."
+    );
+    describe_counter!(STORE_ERRORS, "Failed Redis store calls by kind.");
+    describe_counter!(
+        STORE_FAIL_OPEN,
+        "Requests let through unchecked because the store failed (on_error: allow)."
+    );
+    describe_counter!(
+        STORE_FAIL_CLOSED,
+        "Requests answered 503 because the store failed (on_error: deny)."
+    );
+    describe_counter!(
+        STORE_LOCAL_DECISIONS,
+        "Decisions taken on this replica's share because Redis failed (on_error: local)."
+    );
+    describe_gauge!(
+        STORE_BREAKER_OPEN,
+        "1 while the Redis store's circuit breaker is open, else 0."
+    );
+    describe_gauge!(
+        STORE_REPLICAS,
+        "Live replicas sharing the Redis store, from their heartbeats."
+    );
+    describe_counter!(
+        STORE_CACHED_REJECTIONS,
+        "Rejections answered from memory of callers already over a limit (no Redis call)."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(
