@@ -1,7 +1,7 @@
-//! The response body type: sluice's own bytes, or the upstream's stream passed through.
+//! Body types: responses (sluice's own bytes, or the upstream's stream passed through) and
+//! requests (the client's stream, cut off past the route's `max_body`).
 //!
-//! Upstream bodies are never buffered: frames flow from the upstream connection to the
-//! client as they arrive.
+//! Bodies are never buffered: frames flow from one connection to the other as they arrive.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -69,5 +69,70 @@ impl http_body::Body for Body {
             }
             Body::Upstream { inner } => inner.size_hint(),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on its way upstream, ended with [`TooLarge`] once it passes `limit`
+    /// bytes (for bodies whose size the headers did not announce).
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        remaining: u64,
+        limit: u64,
+    }
+}
+
+/// The request body passed the route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct TooLarge {
+    /// The route's `max_body`.
+    pub limit: u64,
+}
+
+impl RequestBody {
+    /// `inner`, allowed at most `limit` bytes (`None`: unlimited).
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        let limit = limit.unwrap_or(u64::MAX);
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > *this.remaining {
+                    let limit = *this.limit;
+                    return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
+                }
+                *this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

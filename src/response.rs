@@ -44,6 +44,9 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gat
 /// Default body when the limit store failed under `on_error: deny`.
 pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":${status},"detail":"Rate limits cannot be checked right now; retry shortly.","request_id":"${request_id}"}"#;
 
+/// Default 413 body.
+pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
+
 /// One outcome's compiled reply.
 #[derive(Debug)]
 pub struct Reply {
@@ -70,6 +73,8 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The request body is over the route's `max_body`.
+    PayloadTooLarge,
     /// The limit store failed and `on_error` is `deny`.
     Unavailable,
 }
@@ -91,6 +96,8 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 413.
+    pub payload_too_large: Reply,
     /// 503: the store failed under `on_error: deny`.
     pub unavailable: Reply,
 }
@@ -124,6 +131,7 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::PayloadTooLarge => &self.payload_too_large,
             Rejection::Unavailable => &self.unavailable,
         }
     }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use super::file::{Fallback, FallbackPlan, File, LimitFile, LimitValue};
-use super::units::{HumanDuration, Rate};
+use super::units::{ByteSize, HumanDuration, Rate};
 
 /// The schema of a config file as JSON (draft-07, which YAML language servers support best).
 pub fn schema() -> serde_json::Value {
@@ -87,6 +87,31 @@ impl JsonSchema for HumanDuration {
         })
     }
 }
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let units: Vec<&str> = BYTE_UNITS.to_vec();
+        let pattern = format!(
+            r"^\s*[0-9]+(\.[0-9]+)?\s*({}|[bB])?\s*$",
+            alternatives(&units)
+        );
+        json_schema!({
+            "description": "A byte size like `512KiB`, `1MiB` or `10MB` (KiB/MiB/GiB are 1024-based, KB/MB/GB 1000-based), or a whole number of bytes.",
+            "anyOf": [
+                { "type": "string", "pattern": pattern },
+                { "type": "integer", "minimum": 0 }
+            ],
+            "examples": ["64KiB", "10MiB", "1GB"]
+        })
+    }
+}
+
+/// Units after a number in a byte size (`units::BYTE_UNITS`).
+const BYTE_UNITS: &[&str] = &["KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"];
 
 impl JsonSchema for LimitValue {
     fn schema_name() -> Cow<'static, str> {
@@ -182,6 +207,15 @@ mod tests {
         assert!(v.is_valid(&timeout("30")));
         assert!(v.is_valid(&timeout("1.5s")));
         assert!(!v.is_valid(&timeout("soon")));
+        let body = |b: &str| {
+            format!("upstream: {{ url: \"demo:\" }}\nroutes: [ {{ name: a, max_body: {b} }} ]\n")
+        };
+        for good in ["10MiB", "1.5KB", "2048", "64kib"] {
+            crate::config::load_str(&body(good), "t.yaml", None).unwrap();
+            assert!(v.is_valid(&yaml(&body(good))), "{good}");
+        }
+        assert!(!v.is_valid(&yaml(&body("lots"))));
+        assert!(crate::config::load_str(&body("lots"), "t.yaml", None).is_err());
     }
 
     #[test]
