@@ -46,7 +46,7 @@ fn decide(config: &Config, store: &MemoryStore, parts: &Parts, now: u64) -> Deci
     let policy = &config.policy;
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let route = policy.find(parts);
-    let identity = policy.identifier.identify(parts, ip).unwrap();
+    let identity = policy.identifier.identify(parts, ip, 0).unwrap();
     let profile = policy.profile(&identity);
     let limits = policy.limits(profile, route).unwrap();
     let checks = Policy::checks(limits, &identity, ip, policy.cost(route));
@@ -75,7 +75,9 @@ fn bench(c: &mut Criterion) {
     // A million distinct callers already tracked (3 counters each would be 3M entries;
     // they are unknown keys counted per presented key under `pro`), then decisions that
     // land on random ones of them: the cost of a big, cache-cold table.
-    let keys: Vec<Parts> = (0..1_000_000).map(|i| head(&format!("caller-{i}"))).collect();
+    let keys: Vec<Parts> = (0..1_000_000)
+        .map(|i| head(&format!("caller-{i}")))
+        .collect();
     let big = MemoryStore::new(4_000_000);
     for parts in &keys {
         now += 10;

@@ -237,7 +237,7 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         });
         digest.update(keys_text.as_bytes());
     }
-    let compiled = compile::compile(file, keys).map(|mut config| {
+    let compiled = compile::compile_in(file, keys, dir).map(|mut config| {
         config.inputs = inputs;
         config.sha256 = digest.finalize().into();
         config

@@ -103,11 +103,17 @@ impl Gateway {
             uri: parts.uri.clone(),
         };
 
-        let identity = match policy.identifier.identify(&parts, client_ip) {
+        let identity = match policy.identifier.identify(&parts, client_ip, now) {
             Ok(identity) => identity,
             Err(why) => {
-                if why == Unidentified::UnknownKey {
-                    tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                match why {
+                    Unidentified::UnknownKey => {
+                        tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                    }
+                    Unidentified::InvalidToken(error) => {
+                        tracing::debug!(%error, request_id, "JWT rejected");
+                    }
+                    Unidentified::NoKey => {}
                 }
                 return Ok(self.finish(
                     reply.reject(Rejection::Unauthorized, None, &[]),

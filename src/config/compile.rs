@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ struct Compiler {
     problems: Vec<Problem>,
     source: Source,
     defaults: (AlgorithmName, Scope),
+    /// Directory relative file names (JWT keys) are resolved against.
+    dir: Option<PathBuf>,
 }
 
 /// A route limit before overrides: everything but where it ends up.
@@ -67,10 +70,20 @@ type RouteSlots = Option<Vec<Option<(Spec, Origin)>>>;
 
 /// Compiles a parsed file (and its keys file) into the runtime config.
 pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Problem>> {
+    compile_in(file, keys_file, None)
+}
+
+/// As [`compile`], resolving relative file names (JWT keys) against `dir`.
+pub fn compile_in(
+    file: File,
+    keys_file: Vec<KeyEntry>,
+    dir: Option<&Path>,
+) -> Result<Config, Vec<Problem>> {
     let mut c = Compiler {
         problems: Vec::new(),
         source: Source::Main,
         defaults: (file.defaults.algorithm, file.defaults.per),
+        dir: dir.map(Path::to_path_buf),
     };
 
     let routes_and_specs = c.routes(&file.routes);
@@ -184,7 +197,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     }
     c.source = Source::Main;
 
-    let identifier = c.identifier(&file, registry, &plan_index);
+    let identifier = c.identifier(&file, registry, &plan_index, &plan_names);
     let responses = c.responses(&file.responses);
     let upstream = c.upstream(&file.upstream);
     let store = c.store(&file.store);
@@ -614,6 +627,7 @@ impl Compiler {
         file: &File,
         registry: Registry,
         plan_index: &dyn Fn(&str) -> Option<usize>,
+        plan_names: &[Arc<str>],
     ) -> Identifier {
         let mut sources = Vec::new();
         let mut trusted_proxies = Vec::new();
@@ -640,6 +654,13 @@ impl Compiler {
                         sources.push(KeySource::Query(query.clone()));
                     } else {
                         sources.push(KeySource::Bearer);
+                    }
+                }
+                file::IdentifySource::Jwt(source) => {
+                    if let Some(jwt) =
+                        self.jwt(source, &format!("{path}.jwt"), plan_index, plan_names)
+                    {
+                        sources.push(KeySource::Jwt(Arc::new(jwt)));
                     }
                 }
                 file::IdentifySource::Ip(ip) => {
@@ -935,6 +956,8 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
+
+mod jwt;
 
 #[cfg(test)]
 mod tests;

@@ -136,8 +136,55 @@ pub struct Upstream {
 pub enum IdentifySource {
     /// An API key.
     ApiKey(ApiKeySource),
+    /// A signed JSON Web Token: its subject is the caller, its claims may name plan and org.
+    Jwt(Box<JwtSource>),
     /// The client IP: callers without a key are limited by IP under the anonymous plan.
     Ip(IpSource),
+}
+
+/// A JWT source: which algorithms, which key, which claims.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSource {
+    /// Accepted algorithms, all of one family: `HS256`/`HS384`/`HS512`, `RS256`... `PS512`,
+    /// `ES256`/`ES384`, or `EdDSA`.
+    pub algorithms: Vec<String>,
+    /// HMAC: environment variable holding the shared secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// HMAC: file holding the shared secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// RSA/EC/EdDSA: PEM file of the public key.
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    /// RSA/EC/EdDSA: JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Header carrying the token (default `Authorization`, as `Bearer <token>`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` (the token's `aud` must contain it).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 30s).
+    #[serde(default)]
+    pub leeway: Option<HumanDuration>,
+    /// Claim naming the caller (default `sub`).
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// Claim naming the caller's plan; absent or unknown plan names mean `plan`.
+    #[serde(default)]
+    pub plan_claim: Option<String>,
+    /// Claim naming the caller's organisation, for `per: org` limits.
+    #[serde(default)]
+    pub org_claim: Option<String>,
+    /// Plan of tokens whose plan claim is absent or names no plan (default `default`).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// Where an API key is read from: exactly one of the fields.
