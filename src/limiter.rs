@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod gcra;
+pub mod penalty;
 pub mod store;
 pub mod window;
 

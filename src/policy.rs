@@ -106,6 +106,8 @@ pub struct Profile {
     pub access: bool,
     /// One entry per route, then one for requests that match no route.
     pub by_route: Vec<LimitSet>,
+    /// The penalty box rule, if the plan has one.
+    pub penalty: Option<crate::limiter::penalty::Penalty>,
 }
 
 /// The compiled policy: everything a request needs to know which limits apply.

@@ -20,8 +20,9 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::identity::Unidentified;
 use crate::limiter::clock::{Clock, Nanos};
+use crate::limiter::penalty::{MemoryPenalties, Penalties};
 use crate::limiter::store::Store;
-use crate::limiter::Decision;
+use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, Rejection};
 use crate::telemetry::{self, Timers, Verdict};
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// The only source of time.
     pub clock: Arc<dyn Clock>,
+    /// The penalty box.
+    pub penalties: Arc<dyn Penalties>,
     timers: Timers,
     request_ids: RequestIds,
 }
@@ -67,15 +70,23 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving `config` with `store` and `clock`.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let penalties = Arc::new(MemoryPenalties::new(config.store.max_entries));
         let mut snapshot = Snapshot::new(config);
         snapshot.loaded_at = clock.now();
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
+            penalties,
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
+    }
+
+    /// The same gateway with another penalty box backend (the memory one is the default).
+    pub fn with_penalties(mut self, penalties: Arc<dyn Penalties>) -> Self {
+        self.penalties = penalties;
+        self
     }
 
     /// Handles one request from `peer`.
@@ -140,6 +151,13 @@ impl Gateway {
                 .await;
             return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
+        // A blocked identity is answered before any counter is touched.
+        if profile.penalty.is_some() {
+            if let Some(until) = self.penalties.blocked_until(identity.subject, now) {
+                let response = reply.penalised(until);
+                return Ok(self.finish(response, &reply, Verdict::Penalised, false));
+            }
+        }
         let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
         let decision = match self.store.check(&checks, now).resolve().await {
             Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
@@ -155,6 +173,18 @@ impl Gateway {
             .limiter
             .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
         if !decision.allowed {
+            if let Some(rule) = &profile.penalty {
+                if let Some(until) = self.penalties.violation(identity.subject, rule, now) {
+                    tracing::info!(
+                        plan = %profile.plan,
+                        request_id,
+                        block_for_s = rule.block_for.div_ceil(crate::limiter::clock::SECOND),
+                        "caller blocked by the penalty box"
+                    );
+                    let response = reply.penalised(until);
+                    return Ok(self.finish(response, &reply, Verdict::Penalised, false));
+                }
+            }
             let response = reply.reject(Rejection::Limited, Some(&decision), limits);
             return Ok(self.finish(response, &reply, Verdict::Limited, false));
         }
@@ -255,6 +285,25 @@ struct Reply<'a> {
 }
 
 impl Reply<'_> {
+    /// The penalty box's 429: `Retry-After` and the reset are the end of the block.
+    fn penalised(&self, until: Nanos) -> Response<Body> {
+        let blocked = Outcome {
+            allowed: false,
+            limit: 0,
+            remaining: 0,
+            reset: until,
+            retry_after: until.saturating_sub(self.now),
+        };
+        let decision = Decision {
+            outcomes: std::iter::once(blocked).collect(),
+            allowed: false,
+            violated: 0,
+            headline: Some(0),
+            degraded: false,
+        };
+        self.reject(Rejection::Penalised, Some(&decision), &[])
+    }
+
     fn reject(
         &self,
         rejection: Rejection,

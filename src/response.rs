@@ -43,7 +43,7 @@ pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     /// Status code.
     pub status: StatusCode,
@@ -60,6 +60,8 @@ pub struct Reply {
 pub enum Rejection {
     /// A limit rejected the request.
     Limited,
+    /// The identity is in the penalty box.
+    Penalised,
     /// No valid identity.
     Unauthorized,
     /// The plan has no access.
@@ -79,6 +81,8 @@ pub struct Responses {
     pub reset: ResetStyle,
     /// 429.
     pub limited: Reply,
+    /// 429 from the penalty box (by default the same as `limited`).
+    pub penalised: Reply,
     /// 401.
     pub unauthorized: Reply,
     /// 403.
@@ -114,6 +118,7 @@ impl Responses {
     pub fn reply(&self, rejection: Rejection) -> &Reply {
         match rejection {
             Rejection::Limited => &self.limited,
+            Rejection::Penalised => &self.penalised,
             Rejection::Unauthorized => &self.unauthorized,
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,

@@ -27,6 +27,10 @@ pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
 pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
+/// Blocks started by the penalty box.
+pub const PENALTIES: &str = "sluice_penalties_total";
+/// Identities blocked by the penalty box (refreshed on every sweep).
+pub const PENALTY_BLOCKED: &str = "sluice_penalty_blocked_identities";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -49,15 +53,21 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// The identity is in the penalty box.
+    Penalised = 5,
+    /// Forwarded, but a shadow limit would have rejected it.
+    ShadowLimited = 6,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 5] = [
+    const ALL: [Verdict; 7] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::Penalised,
+        Verdict::ShadowLimited,
     ];
 
     /// The label value.
@@ -68,6 +78,8 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
+            Verdict::Penalised => "penalised",
+            Verdict::ShadowLimited => "shadow_limited",
         }
     }
 }
@@ -180,6 +192,17 @@ pub fn upstream_error(kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
 }
 
+/// Counts a block started by the penalty box.
+pub fn penalty_started() {
+    metrics::counter!(PENALTIES).increment(1);
+    metrics::gauge!(PENALTY_BLOCKED).increment(1.0);
+}
+
+/// Sets the number of identities in the penalty box.
+pub fn penalty_blocked(blocked: usize) {
+    metrics::gauge!(PENALTY_BLOCKED).set(blocked as f64);
+}
+
 /// Counts a decision taken on the overflow counter.
 pub fn store_overflow() {
     metrics::counter!(STORE_OVERFLOW).increment(1);
@@ -204,6 +227,8 @@ pub fn install_metrics() -> PrometheusHandle {
         metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
+    metrics::counter!(PENALTIES).absolute(0);
+    metrics::gauge!(PENALTY_BLOCKED).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
@@ -236,6 +261,11 @@ fn describe() {
     describe_counter!(
         STORE_OVERFLOW,
         "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_counter!(PENALTIES, "Blocks started by the penalty box.");
+    describe_gauge!(
+        PENALTY_BLOCKED,
+        "Identities blocked by the penalty box (refreshed every sweep)."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::{
     Config, LogSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings, UpstreamTarget,
 };
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
+use crate::limiter::penalty::Penalty;
 use crate::limiter::window::SLIDING_MAX_LIMIT;
 use crate::limiter::{Algorithm, Quota};
 use crate::policy::matcher::{HostPattern, MethodSet, PathPattern};
@@ -107,18 +109,23 @@ pub fn compile_in(
         }
     }
     let empty_plan = file::PlanFile::default();
+    let global_penalty = file.penalty.as_ref().and_then(|p| c.penalty(p, "penalty"));
     let mut profiles = Vec::new();
     for (index, name) in plan_names.iter().enumerate() {
         let plan = file.plans.get(&**name).unwrap_or(&empty_plan);
         let path = format!("plans.{name}");
-        let profile = c.profile(
+        let mut profile = c.profile(
             name,
             index,
             plan.access != Some(file::Access::Deny),
             &routes_and_specs,
             &route_limit_names,
-            &[(&plan.limits, Origin::Plan, path)],
+            &[(&plan.limits, Origin::Plan, path.clone())],
         );
+        profile.penalty = match &plan.penalty {
+            Some(own) => c.penalty(own, &format!("{path}.penalty")),
+            None => global_penalty,
+        };
         profiles.push(profile);
     }
 
@@ -153,7 +160,7 @@ pub fn compile_in(
         } else {
             let base = &file.plans.get(plan_name).unwrap_or(&empty_plan).limits;
             let plan_path = format!("plans.{plan_name}");
-            let profile = c.profile(
+            let mut profile = c.profile(
                 &plan_names[plan],
                 plan,
                 profiles[plan].access,
@@ -164,6 +171,7 @@ pub fn compile_in(
                     (&entry.limits, Origin::Key, path.clone()),
                 ],
             );
+            profile.penalty = profiles[plan].penalty;
             profiles.push(profile);
             profiles.len() - 1
         };
@@ -619,6 +627,7 @@ impl Compiler {
             plan_index,
             access,
             by_route,
+            penalty: None,
         }
     }
 
@@ -793,15 +802,25 @@ impl Compiler {
                     body,
                 }
             };
+        let limited = reply(
+            self,
+            "limited",
+            file.limited.as_ref(),
+            (429, response::DEFAULT_LIMITED),
+        );
         Responses {
             style: file.headers.unwrap_or(file::HeaderStyle::XRatelimit),
             reset: file.reset.unwrap_or(file::ResetStyle::UnixSeconds),
-            limited: reply(
-                self,
-                "limited",
-                file.limited.as_ref(),
-                (429, response::DEFAULT_LIMITED),
-            ),
+            penalised: match &file.penalised {
+                Some(given) => reply(
+                    self,
+                    "penalised",
+                    Some(given),
+                    (429, response::DEFAULT_LIMITED),
+                ),
+                None => limited.clone(),
+            },
+            limited,
             unauthorized: reply(
                 self,
                 "unauthorized",
@@ -827,6 +846,27 @@ impl Compiler {
                 (504, response::DEFAULT_UPSTREAM_TIMEOUT),
             ),
         }
+    }
+
+    fn penalty(&mut self, file: &file::PenaltyFile, path: &str) -> Option<Penalty> {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let violations = NonZeroU32::new(file.violations);
+        if violations.is_none() {
+            self.problem(format!("{path}.violations"), "must be at least 1".into());
+        }
+        for (field, value) in [("within", file.within.0), ("block_for", file.block_for.0)] {
+            if value.is_zero() {
+                self.problem(
+                    format!("{path}.{field}"),
+                    "must be greater than zero".into(),
+                );
+            }
+        }
+        Some(Penalty {
+            violations: violations?,
+            within: nanos(file.within.0).max(1),
+            block_for: nanos(file.block_for.0).max(1),
+        })
     }
 
     fn upstream(&mut self, file: &file::Upstream) -> UpstreamSettings {

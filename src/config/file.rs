@@ -52,6 +52,9 @@ pub struct File {
     /// Defaults for every limit.
     #[serde(default)]
     pub defaults: Defaults,
+    /// The penalty box for every plan that sets none of its own.
+    #[serde(default)]
+    pub penalty: Option<PenaltyFile>,
     /// Status codes, headers and bodies.
     #[serde(default)]
     pub responses: Responses,
@@ -297,6 +300,21 @@ pub struct PlanFile {
     /// `all` = plan-wide limit over every request; any other name overrides that route limit.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitValue>,
+    /// This plan's penalty box (replaces the top-level one).
+    #[serde(default)]
+    pub penalty: Option<PenaltyFile>,
+}
+
+/// Penalty box: `violations` rejections within `within` block the caller for `block_for`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltyFile {
+    /// Rejections that earn a block.
+    pub violations: u32,
+    /// The period they must fall in, counted from the first.
+    pub within: HumanDuration,
+    /// How long the block lasts.
+    pub block_for: HumanDuration,
 }
 
 /// Whether a plan may use the API.
@@ -499,6 +517,9 @@ pub struct Responses {
     /// Rejected by a limit (429).
     #[serde(default)]
     pub limited: Option<ResponseFile>,
+    /// Blocked by the penalty box (default: as `limited`).
+    #[serde(default)]
+    pub penalised: Option<ResponseFile>,
     /// No identity or a rejected key (401).
     #[serde(default)]
     pub unauthorized: Option<ResponseFile>,

@@ -108,3 +108,46 @@ fn denied_plans_and_default_algorithm() {
         Algorithm::SlidingWindow
     );
 }
+
+#[test]
+fn penalties_come_from_the_plan_or_the_top_level_and_keys_inherit_them() {
+    use crate::limiter::clock::SECOND;
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         penalty: { violations: 10, within: 1m, block_for: 1h }\n\
+         plans: { strict: { penalty: { violations: 2, within: 10s, block_for: 5m } } }\n\
+         keys: [ { key: k, plan: strict, limits: { all: 5/s } } ]\n",
+    );
+    let of = |plan: &str| {
+        let p = c
+            .policy
+            .plan_names
+            .iter()
+            .position(|n| &**n == plan)
+            .unwrap();
+        c.policy.profiles[p].penalty.unwrap()
+    };
+    assert_eq!(
+        (
+            of("default").violations.get(),
+            of("default").within,
+            of("default").block_for
+        ),
+        (10, 60 * SECOND, 3600 * SECOND)
+    );
+    assert_eq!(of("strict").block_for, 300 * SECOND);
+    let key_profile = c.policy.profiles.last().unwrap();
+    assert_eq!(key_profile.penalty, Some(of("strict")));
+
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\npenalty: { violations: 0, within: 0s, block_for: 1h }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:2:24: penalty.violations: must be at least 1\nt.yaml:2:35: penalty.within: must be greater than zero"
+    );
+}
