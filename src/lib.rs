@@ -55,7 +55,7 @@ pub async fn run(
     let sweep_every = config.store.sweep_interval;
     let drain = config.shutdown_timeout;
     let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
-    let penalties = gateway.penalties.clone();
+    let swept = gateway.clone();
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
     #[cfg(unix)]
@@ -75,7 +75,8 @@ pub async fn run(
         loop {
             tick.tick().await;
             store.sweep(clock.now());
-            penalties.sweep(clock.now());
+            swept.penalties.sweep(clock.now());
+            swept.in_flight.sweep();
         }
     });
     let admin = tokio::spawn(admin::serve(

@@ -6,6 +6,7 @@
 //! apply is the policy's.
 
 pub mod clock;
+pub mod concurrency;
 pub mod gcra;
 pub mod penalty;
 pub mod store;
@@ -77,6 +78,10 @@ pub enum Algorithm {
     SlidingWindow,
     /// GCRA: sustained rate plus burst.
     TokenBucket,
+    /// At most `limit` requests in flight. Held in process by `concurrency::InFlight`, never
+    /// by a store: `Policy::checks` leaves these limits out, and the counter functions below
+    /// treat them as always allowing.
+    Concurrency,
 }
 
 impl Algorithm {
@@ -86,6 +91,7 @@ impl Algorithm {
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Concurrency => "concurrency",
         }
     }
 
@@ -95,6 +101,11 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::acquire(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::acquire(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::acquire(state, now, quota, cost),
+            Algorithm::Concurrency => Step {
+                outcome: untracked(now, quota),
+                state: None,
+                idle_at: now,
+            },
         }
     }
 
@@ -104,6 +115,7 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::peek(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::peek(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::peek(state, now, quota, cost),
+            Algorithm::Concurrency => untracked(now, quota),
         }
     }
 
@@ -113,7 +125,19 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::refund(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::refund(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::refund(state, quota, cost),
+            Algorithm::Concurrency => state,
         }
+    }
+}
+
+/// What a counter answers for a limit it does not hold (a concurrency limit).
+fn untracked(now: Nanos, quota: &Quota) -> Outcome {
+    Outcome {
+        allowed: true,
+        limit: quota.limit(),
+        remaining: quota.limit(),
+        reset: now,
+        retry_after: 0,
     }
 }
 

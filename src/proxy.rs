@@ -20,13 +20,18 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::identity::Unidentified;
 use crate::limiter::clock::{Clock, Nanos};
+use crate::limiter::concurrency::{Held, InFlight};
 use crate::limiter::penalty::{MemoryPenalties, Penalties};
 use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
-use crate::policy::{Limit, Policy};
+use crate::policy::Limit;
 use crate::response::{Context, Rejection};
 use crate::telemetry::{self, Timers, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
+
+mod enforce;
+
+use enforce::Enforced;
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,6 +68,8 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// The penalty box.
     pub penalties: Arc<dyn Penalties>,
+    /// Concurrency slots in flight.
+    pub in_flight: InFlight,
     timers: Timers,
     request_ids: RequestIds,
 }
@@ -78,6 +85,7 @@ impl Gateway {
             store,
             clock,
             penalties,
+            in_flight: InFlight::new(),
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
@@ -147,75 +155,65 @@ impl Gateway {
 
         let Some(limits) = policy.limits(profile, route) else {
             let response = self
-                .forward(&snapshot, parts, body, peer, None, &[], &reply)
+                .forward(&snapshot, parts, body, peer, (None, &[]), None, &reply)
                 .await;
             return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
-        // A blocked identity is answered before any counter is touched.
-        if profile.penalty.is_some() {
-            if let Some(until) = self.penalties.blocked_until(identity.subject, now) {
-                let response = reply.penalised(until);
-                return Ok(self.finish(response, &reply, Verdict::Penalised, false));
+        let enforced = self
+            .enforce(
+                &reply,
+                profile,
+                &identity,
+                client_ip,
+                limits,
+                policy.cost(route),
+            )
+            .await;
+        let (decision, permit, verdict) = match enforced {
+            Enforced::Reject(response, verdict) => {
+                return Ok(self.finish(response, &reply, verdict, false));
             }
-        }
-        let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
-        let decision = match self.store.check(&checks, now).resolve().await {
-            Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
-            Err(error) => {
-                // The configurable fallbacks arrive with the Redis store; the memory store cannot fail.
-                tracing::warn!(%error, "store failed; allowing the request");
-                let mut decision = Decision::allow_all();
-                decision.degraded = true;
-                decision
-            }
+            Enforced::Forward {
+                decision,
+                permit,
+                verdict,
+            } => (decision, permit, verdict),
         };
-        self.timers
-            .limiter
-            .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
-        if !decision.allowed {
-            if let Some(rule) = &profile.penalty {
-                if let Some(until) = self.penalties.violation(identity.subject, rule, now) {
-                    tracing::info!(
-                        plan = %profile.plan,
-                        request_id,
-                        block_for_s = rule.block_for.div_ceil(crate::limiter::clock::SECOND),
-                        "caller blocked by the penalty box"
-                    );
-                    let response = reply.penalised(until);
-                    return Ok(self.finish(response, &reply, Verdict::Penalised, false));
-                }
-            }
-            let response = reply.reject(Rejection::Limited, Some(&decision), limits);
-            return Ok(self.finish(response, &reply, Verdict::Limited, false));
-        }
         let near_limit = decision
             .headline()
             .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
+        let held = permit.map(|permit| Held(Arc::new(permit)));
         let response = self
             .forward(
                 &snapshot,
                 parts,
                 body,
                 peer,
-                Some(&decision),
-                limits,
+                (Some(&decision), limits),
+                held,
                 &reply,
             )
             .await;
-        Ok(self.finish(response, &reply, Verdict::Allowed, near_limit))
+        Ok(self.finish(response, &reply, verdict, near_limit))
     }
 
+    /// Forwards the request; `held` (concurrency slots) stays taken until the response body
+    /// ends, the client leaves, or the upstream fails.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         peer: SocketAddr,
-        decision: Option<&Decision>,
-        limits: &[Limit],
+        (decision, limits): (Option<&Decision>, &[Limit]),
+        held: Option<Held>,
         reply: &Reply<'_>,
     ) -> Response<Body> {
+        if let Some(held) = &held {
+            // For code that outlives the body, such as an upgraded connection's tunnel.
+            parts.extensions.insert(held.clone());
+        }
         let forwarded = Forwarded {
             peer: peer.ip(),
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
@@ -228,6 +226,9 @@ impl Gateway {
             .record(nanos_to_secs(self.clock.now().saturating_sub(started)));
         match result {
             Ok(mut response) => {
+                if let Some(held) = held {
+                    response.body_mut().hold(held);
+                }
                 snapshot.config.responses.write_limit_headers(
                     response.headers_mut(),
                     decision,

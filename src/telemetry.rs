@@ -31,6 +31,8 @@ pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
 pub const PENALTIES: &str = "sluice_penalties_total";
 /// Identities blocked by the penalty box (refreshed on every sweep).
 pub const PENALTY_BLOCKED: &str = "sluice_penalty_blocked_identities";
+/// Concurrency slots held by requests in flight.
+pub const IN_FLIGHT: &str = "sluice_concurrency_in_flight";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -228,6 +230,7 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(PENALTIES).absolute(0);
+    metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::gauge!(PENALTY_BLOCKED).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -263,6 +266,7 @@ fn describe() {
         "Decisions taken on the shared overflow counter because the store was full."
     );
     describe_counter!(PENALTIES, "Blocks started by the penalty box.");
+    describe_gauge!(IN_FLIGHT, "Concurrency slots held by requests in flight.");
     describe_gauge!(
         PENALTY_BLOCKED,
         "Identities blocked by the penalty box (refreshed every sweep)."

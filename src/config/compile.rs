@@ -402,20 +402,50 @@ impl Compiler {
         base: Option<&Spec>,
         path: &str,
     ) -> Option<Spec> {
-        let Some(rate) = full.rate.or(base.map(|b| b.rate)) else {
+        let concurrency = full.concurrency.map(|n| Rate {
+            count: n,
+            period: Duration::from_secs(1),
+        });
+        if concurrency.is_some() && full.rate.is_some() {
             self.problem(
                 path.into(),
-                "a limit needs a `rate`, e.g. `rate: 100/min`".into(),
+                "a limit has either a `rate` or a `concurrency`, not both".into(),
+            );
+        }
+        if full.algorithm == Some(AlgorithmName::Concurrency) && full.concurrency.is_none() {
+            self.problem(
+                path.into(),
+                "a concurrency limit needs `concurrency: N` (requests in flight at once)".into(),
             );
             return None;
+        }
+        let Some(rate) = concurrency.or(full.rate).or(base.map(|b| b.rate)) else {
+            self.problem(
+                path.into(),
+                "a limit needs a `rate`, e.g. `rate: 100/min`, or a `concurrency: N`".into(),
+            );
+            return None;
+        };
+        let algorithm = match (concurrency, full.algorithm) {
+            (Some(_), Some(other)) if other != AlgorithmName::Concurrency => {
+                self.problem(
+                    path.into(),
+                    format!(
+                        "`concurrency` counts requests in flight; it cannot be {}",
+                        algorithm(other)
+                    ),
+                );
+                other
+            }
+            (Some(_), _) => AlgorithmName::Concurrency,
+            (None, given) => given
+                .or(base.map(|b| b.algorithm))
+                .unwrap_or(self.defaults.0),
         };
         Some(Spec {
             name: full.name.as_deref().map(Arc::from).unwrap_or(name),
             rate,
-            algorithm: full
-                .algorithm
-                .or(base.map(|b| b.algorithm))
-                .unwrap_or(self.defaults.0),
+            algorithm,
             scope: full
                 .per
                 .or(base.map(|b| b.scope))
@@ -460,7 +490,8 @@ impl Compiler {
         } else {
             spec.rate.count
         };
-        if cost > capacity {
+        // A concurrency limit counts requests, whatever their cost.
+        if cost > capacity && algorithm != Algorithm::Concurrency {
             self.problem(
                 path.into(),
                 format!("limit \"{}\" holds {capacity} units but one request costs {cost}: no request could ever pass", spec.name),
@@ -606,6 +637,8 @@ impl Compiler {
                     })
                     .collect();
                 out.extend(plan_wide_limit(self, cost));
+                // Concurrency limits go last: `Policy::checks` covers exactly the counted prefix.
+                out.sort_by_key(|l| l.algorithm == Algorithm::Concurrency);
                 if out.len() > MAX_LIMITS_PER_REQUEST {
                     self.problem(
                         format!("routes[{r}].limit"),
@@ -971,6 +1004,7 @@ fn algorithm(name: AlgorithmName) -> Algorithm {
         AlgorithmName::FixedWindow => Algorithm::FixedWindow,
         AlgorithmName::SlidingWindow => Algorithm::SlidingWindow,
         AlgorithmName::TokenBucket => Algorithm::TokenBucket,
+        AlgorithmName::Concurrency => Algorithm::Concurrency,
     }
 }
 

@@ -444,6 +444,9 @@ pub struct LimitFile {
     /// Token bucket capacity (default: the rate's count).
     #[serde(default)]
     pub burst: Option<u32>,
+    /// At most this many requests in flight at once (instead of a `rate`).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     /// Count and report, never reject.
     #[serde(default)]
     pub shadow: Option<bool>,
@@ -459,6 +462,8 @@ pub enum AlgorithmName {
     SlidingWindow,
     /// GCRA.
     TokenBucket,
+    /// At most N requests in flight (set with `concurrency: N`).
+    Concurrency,
 }
 
 /// What a limit counts.

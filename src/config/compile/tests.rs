@@ -151,3 +151,43 @@ fn penalties_come_from_the_plan_or_the_top_level_and_keys_inherit_them() {
         "t.yaml:2:24: penalty.violations: must be at least 1\nt.yaml:2:35: penalty.within: must be greater than zero"
     );
 }
+
+#[test]
+fn concurrency_limits_compile_last_and_stay_out_of_the_counter_checks() {
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         plans: { pro: { limits: { all: 100/min } } }\n\
+         routes:\n  - { name: up, limit: [ { concurrency: 3, name: uploads }, 10/s ] }\n",
+    );
+    let set = limits(&c, "pro", "up").unwrap();
+    let names: Vec<&str> = set.iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["up#2", "all", "uploads"]);
+    assert_eq!(set[2].algorithm, Algorithm::Concurrency);
+    assert_eq!(set[2].quota.limit(), 3);
+    assert_eq!(
+        crate::policy::describe(&set[2]),
+        "uploads: 3 in flight per key (route)"
+    );
+    let identity = crate::identity::Identity {
+        kind: crate::identity::Kind::Key,
+        subject: 1,
+        org: None,
+        profile: 0,
+    };
+    let checks = crate::policy::Policy::checks(set, &identity, "127.0.0.1".parse().unwrap(), 1);
+    assert_eq!(checks.len(), 2);
+
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: { rate: 1/s, concurrency: 2 } }\n  - { name: b, limit: { algorithm: concurrency } }\n  - { name: c, limit: { concurrency: 2, algorithm: token_bucket } }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:3:23: routes[0].limit: a limit has either a `rate` or a `concurrency`, not both\n\
+         t.yaml:4:23: routes[1].limit: a concurrency limit needs `concurrency: N` (requests in flight at once)\n\
+         t.yaml:5:23: routes[2].limit: `concurrency` counts requests in flight; it cannot be token_bucket"
+    );
+}

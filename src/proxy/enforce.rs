@@ -1,0 +1,176 @@
+//! One request's limits, enforced: the penalty box, concurrency slots, the counters (with
+//! the store-failure fallback), shadow rejections, and the verdict that follows.
+//!
+//! Everything here answers "forward or reject, and with what"; forwarding itself and the
+//! reply rendering stay in `proxy`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::Response;
+
+use super::{nanos_to_secs, Gateway, Reply};
+use crate::body::Body;
+use crate::identity::Identity;
+use crate::limiter::clock::{Nanos, SECOND};
+use crate::limiter::concurrency::Permit;
+use crate::limiter::{Decision, Outcome};
+use crate::policy::{Limit, Policy, Profile};
+use crate::response::Rejection;
+use crate::telemetry::Verdict;
+
+/// What the limits say.
+pub(super) enum Enforced {
+    /// Forward, with the decision for the headers and the slots to hold while the response
+    /// streams. `verdict` is `Allowed` or `ShadowLimited`.
+    Forward {
+        decision: Decision,
+        permit: Option<Permit>,
+        verdict: Verdict,
+    },
+    /// Answer this instead.
+    Reject(Response<Body>, Verdict),
+}
+
+impl Gateway {
+    /// Enforces `limits` for `identity` at the request's `now` (in `reply`).
+    pub(super) async fn enforce(
+        &self,
+        reply: &Reply<'_>,
+        profile: &Profile,
+        identity: &Identity,
+        client_ip: IpAddr,
+        limits: &[Limit],
+        cost: u32,
+    ) -> Enforced {
+        let now = reply.now;
+        // A blocked identity is answered before any counter or slot is touched.
+        if profile.penalty.is_some() {
+            if let Some(until) = self.penalties.blocked_until(identity.subject, now) {
+                return Enforced::Reject(reply.penalised(until), Verdict::Penalised);
+            }
+        }
+
+        // Concurrency slots first: they are local, and dropping the permit gives them back
+        // if a counter rejects the request below.
+        let mut concurrency = Policy::concurrency(limits).peekable();
+        let permit = match concurrency.peek() {
+            None => None,
+            Some(&(first, _)) => {
+                let wanted = concurrency.map(|(_, limit)| {
+                    let key = Policy::counter(limit, identity, client_ip);
+                    (key, limit.quota.limit(), limit.shadow)
+                });
+                // Non-shadow entries only can fail; their index is relative to `first`.
+                match self.in_flight.acquire(wanted) {
+                    Ok(permit) => Some(permit),
+                    Err(i) => {
+                        let full = &limits[first + i..=first + i];
+                        let decision = busy(full[0].quota.limit(), now);
+                        return self.limited(reply, profile, identity, decision, full);
+                    }
+                }
+            }
+        };
+
+        let checks = Policy::checks(limits, identity, client_ip, cost);
+        let decision = match self.store.check(&checks, now).resolve().await {
+            Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
+            Err(error) => {
+                // The configurable fallbacks arrive with the Redis store; the memory store cannot fail.
+                tracing::warn!(%error, "store failed; allowing the request");
+                let mut decision = Decision::allow_all();
+                decision.degraded = true;
+                decision
+            }
+        };
+        self.timers
+            .limiter
+            .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
+        if !decision.allowed {
+            return self.limited(reply, profile, identity, decision, limits);
+        }
+        let shadow = decision.violated != 0 || permit.as_ref().is_some_and(|p| p.shadow_full);
+        if shadow {
+            shadow_log(reply, &decision, limits, now);
+        }
+        Enforced::Forward {
+            decision,
+            permit,
+            verdict: if shadow {
+                Verdict::ShadowLimited
+            } else {
+                Verdict::Allowed
+            },
+        }
+    }
+
+    /// A real rejection: counts toward the penalty box, which may answer instead.
+    fn limited(
+        &self,
+        reply: &Reply<'_>,
+        profile: &Profile,
+        identity: &Identity,
+        decision: Decision,
+        limits: &[Limit],
+    ) -> Enforced {
+        if let Some(rule) = &profile.penalty {
+            if let Some(until) = self.penalties.violation(identity.subject, rule, reply.now) {
+                tracing::info!(
+                    plan = %profile.plan,
+                    request_id = reply.request_id,
+                    block_for_s = rule.block_for.div_ceil(SECOND),
+                    "caller blocked by the penalty box"
+                );
+                return Enforced::Reject(reply.penalised(until), Verdict::Penalised);
+            }
+        }
+        let response = reply.reject(Rejection::Limited, Some(&decision), limits);
+        Enforced::Reject(response, Verdict::Limited)
+    }
+}
+
+/// The decision for a full concurrency limit: nothing left, and no way to know when a slot
+/// frees up, so `Retry-After: 1`.
+fn busy(max: u32, now: Nanos) -> Decision {
+    let outcome = Outcome {
+        allowed: false,
+        limit: max,
+        remaining: 0,
+        reset: now,
+        retry_after: SECOND,
+    };
+    Decision {
+        outcomes: std::iter::once(outcome).collect(),
+        allowed: false,
+        violated: 1,
+        headline: Some(0),
+        degraded: false,
+    }
+}
+
+/// Logs a shadow rejection at `info`, at most once a second for the whole process, with the
+/// number left unlogged since: a new limit rolled out in shadow mode must not flood the log.
+fn shadow_log(reply: &Reply<'_>, decision: &Decision, limits: &[Limit], now: Nanos) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let next = NEXT.load(Ordering::Relaxed);
+    if now < next
+        || NEXT
+            .compare_exchange(next, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let names: Vec<&str> = decision
+        .violated()
+        .filter_map(|i| limits.get(i).map(|l| &*l.name))
+        .collect();
+    tracing::info!(
+        limits = ?names,
+        request_id = reply.request_id,
+        suppressed = SUPPRESSED.swap(0, Ordering::Relaxed),
+        "shadow limit would have rejected this request"
+    );
+}
