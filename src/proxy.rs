@@ -298,9 +298,9 @@ impl Reply<'_> {
         let decision = Decision {
             outcomes: std::iter::once(blocked).collect(),
             allowed: false,
-            violated: 0,
+            violated: 1,
             headline: Some(0),
-            degraded: false,
+            ..Decision::default()
         };
         self.reject(Rejection::Penalised, Some(&decision), &[])
     }

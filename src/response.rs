@@ -141,7 +141,8 @@ impl Responses {
         let headline = decision.and_then(|d| d.headline.map(|i| (&d.outcomes[i], limits.get(i))));
         let (outcome, limit) = match headline {
             Some((outcome, limit)) => (*outcome, limit),
-            None if decision.is_some_and(|d| d.outcomes.is_empty() && d.allowed) => return,
+            // Nothing checked (exempt, fail-open) or only shadow limits: no headers.
+            None if decision.is_some_and(|d| d.allowed) => return,
             None => (
                 Outcome {
                     allowed: false,
@@ -292,12 +293,14 @@ impl Values for Rendering<'_, '_> {
             Var::ViolatedPolicies => {
                 out.push('[');
                 if let Some(decision) = cx.decision {
-                    for (n, i) in decision.violated().enumerate() {
+                    // A violation with no limit behind it (the penalty box) names none.
+                    let names = decision.violated().filter_map(|i| cx.limits.get(i));
+                    for (n, limit) in names.enumerate() {
                         if n > 0 {
                             out.push(',');
                         }
                         out.push('"');
-                        template::escape_json_into(cx.limits.get(i).map_or("", |l| &l.name), out);
+                        template::escape_json_into(&limit.name, out);
                         out.push('"');
                     }
                 }

@@ -130,3 +130,80 @@ async fn a_plan_penalty_replaces_the_global_one_and_the_block_lifts() {
     })
     .await;
 }
+
+/// Sends `n` requests for `key` on one connection and returns how many got each status.
+async fn statuses(sluice: &Sluice, key: &str, n: usize) -> (usize, usize) {
+    let mut conn = sluice.connect().await;
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..n {
+        let reply = conn.get("/v1/x", key).await.unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    (ok, limited)
+}
+
+#[tokio::test]
+async fn a_shadow_limit_rejects_nothing_and_counts_exactly_the_would_be_rejections() {
+    let upstream = support::upstream().await;
+    let (sluice, _dir) = start(
+        upstream,
+        r#"
+unknown_key: { plan: default, per: key }
+routes:
+  - { name: api, match: { path: /** }, limit: [ { rate: 3/d, algorithm: fixed_window, shadow: true }, { name: real, rate: 100/d } ] }
+"#,
+    )
+    .await;
+    assert_eq!(statuses(&sluice, "k", 10).await, (10, 0));
+    let count = |decision: &'static str| {
+        let sluice = &sluice;
+        async move {
+            sluice
+                .metric(&format!(
+                    r#"sluice_requests_total{{route="api",plan="default",decision="{decision}"}}"#
+                ))
+                .await
+        }
+    };
+    assert_eq!(count("shadow_limited").await, Some(7.0));
+    assert_eq!(count("allowed").await, Some(3.0));
+    assert_eq!(count("limited").await, Some(0.0));
+    assert!(sluice
+        .log_text()
+        .contains("shadow limit would have rejected this request"));
+    // The headers describe the enforced limit only.
+    let reply = sluice.connect().await.get("/v1/x", "k").await.unwrap();
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("89"));
+}
+
+#[tokio::test]
+async fn policy_wide_shadow_mode_forwards_everything() {
+    let upstream = support::upstream().await;
+    let (sluice, _dir) = start(
+        upstream,
+        r#"
+shadow: true
+unknown_key: { plan: default, per: key }
+penalty: { violations: 1, within: 1m, block_for: 1h }
+routes:
+  - { name: api, match: { path: /** }, limit: [ { rate: 2/d, algorithm: fixed_window }, { concurrency: 1 } ] }
+"#,
+    )
+    .await;
+    assert_eq!(statuses(&sluice, "k", 6).await, (6, 0));
+    assert_eq!(
+        sluice
+            .metric(
+                r#"sluice_requests_total{route="api",plan="default",decision="shadow_limited"}"#
+            )
+            .await,
+        Some(4.0)
+    );
+    // Shadow rejections never feed the penalty box.
+    assert_eq!(sluice.metric("sluice_penalties_total").await, Some(0.0));
+}

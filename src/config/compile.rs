@@ -54,6 +54,8 @@ struct Compiler {
     defaults: (AlgorithmName, Scope),
     /// Directory relative file names (JWT keys) are resolved against.
     dir: Option<PathBuf>,
+    /// Policy-wide shadow mode: every limit is a shadow limit.
+    shadow_all: bool,
 }
 
 /// A route limit before overrides: everything but where it ends up.
@@ -86,6 +88,7 @@ pub fn compile_in(
         source: Source::Main,
         defaults: (file.defaults.algorithm, file.defaults.per),
         dir: dir.map(Path::to_path_buf),
+        shadow_all: file.shadow.unwrap_or(false),
     };
 
     let routes_and_specs = c.routes(&file.routes);
@@ -523,7 +526,7 @@ impl Compiler {
             algorithm,
             quota,
             scope: spec.scope,
-            shadow: spec.shadow,
+            shadow: spec.shadow || self.shadow_all,
             origin,
         })
     }

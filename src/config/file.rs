@@ -52,6 +52,9 @@ pub struct File {
     /// Defaults for every limit.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Shadow mode for the whole policy: every limit counts and reports, none rejects.
+    #[serde(default)]
+    pub shadow: Option<bool>,
     /// The penalty box for every plan that sets none of its own.
     #[serde(default)]
     pub penalty: Option<PenaltyFile>,

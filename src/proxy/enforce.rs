@@ -142,10 +142,9 @@ fn busy(max: u32, now: Nanos) -> Decision {
     };
     Decision {
         outcomes: std::iter::once(outcome).collect(),
-        allowed: false,
         violated: 1,
         headline: Some(0),
-        degraded: false,
+        ..Decision::default()
     }
 }
 
