@@ -271,6 +271,8 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
             })
             .collect();
         errors.sort_by_key(|e| (e.file != name, e.line, e.column));
+        // A route limit is validated once per plan that uses it: report each problem once.
+        errors.dedup();
         ConfigErrors(errors)
     })
 }

@@ -30,6 +30,7 @@ pub struct Quota {
     period: Nanos,
     burst: u32,
     emission_interval: Nanos,
+    delay: Nanos,
 }
 
 impl Quota {
@@ -45,7 +46,20 @@ impl Quota {
             period,
             burst,
             emission_interval,
+            delay: 0,
         })
+    }
+
+    /// The same quota letting a token-bucket request that does not fit wait up to `delay`
+    /// for its slot instead of being rejected (smoothing, like nginx's burst queue).
+    pub fn with_delay(mut self, delay: Nanos) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// How long a token-bucket request may wait for its slot (0: never waits).
+    pub fn delay(&self) -> Nanos {
+        self.delay
     }
 
     /// Units per period.
@@ -158,7 +172,8 @@ pub struct Outcome {
     pub remaining: u32,
     /// When the quota is whole again (unix nanoseconds).
     pub reset: Nanos,
-    /// How long until the request would fit; 0 when allowed.
+    /// Rejected: how long until the request would fit. Allowed: how long it must wait for
+    /// its slot before it is forwarded (a token bucket with a `delay`), usually 0.
     pub retry_after: Nanos,
 }
 

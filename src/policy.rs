@@ -264,6 +264,14 @@ pub fn describe(limit: &Limit) -> String {
         String::new()
     };
     let shadow = if limit.shadow { " shadow" } else { "" };
+    let delay = if quota.delay() > 0 {
+        format!(
+            " delay {}ms",
+            quota.delay().div_ceil(crate::limiter::clock::MILLISECOND)
+        )
+    } else {
+        String::new()
+    };
     if limit.algorithm == Algorithm::Concurrency {
         let scope = match limit.scope {
             Scope::Key => "per key",
@@ -279,7 +287,7 @@ pub fn describe(limit: &Limit) -> String {
         );
     }
     format!(
-        "{}: {rate} {}{burst} per {:?}{shadow} ({})",
+        "{}: {rate} {}{burst}{delay} per {:?}{shadow} ({})",
         limit.name,
         limit.algorithm,
         limit.scope,

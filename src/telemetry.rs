@@ -33,6 +33,8 @@ pub const PENALTIES: &str = "sluice_penalties_total";
 pub const PENALTY_BLOCKED: &str = "sluice_penalty_blocked_identities";
 /// Concurrency slots held by requests in flight.
 pub const IN_FLIGHT: &str = "sluice_concurrency_in_flight";
+/// Requests waiting for their slot under a `delay` (smoothing) right now.
+pub const DELAYED: &str = "sluice_delayed_requests";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -231,6 +233,7 @@ pub fn install_metrics() -> PrometheusHandle {
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(PENALTIES).absolute(0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DELAYED).set(0.0);
     metrics::gauge!(PENALTY_BLOCKED).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -266,6 +269,10 @@ fn describe() {
         "Decisions taken on the shared overflow counter because the store was full."
     );
     describe_counter!(PENALTIES, "Blocks started by the penalty box.");
+    describe_gauge!(
+        DELAYED,
+        "Requests waiting for their slot under a delay (smoothing)."
+    );
     describe_gauge!(IN_FLIGHT, "Concurrency slots held by requests in flight.");
     describe_gauge!(
         PENALTY_BLOCKED,

@@ -207,3 +207,72 @@ routes:
     // Shadow rejections never feed the penalty box.
     assert_eq!(sluice.metric("sluice_penalties_total").await, Some(0.0));
 }
+
+const SMOOTHING: &str = r#"
+unknown_key: { plan: default, per: key }
+routes:
+  - { name: smooth, match: { path: /smooth }, limit: { rate: 20/s, algorithm: token_bucket, burst: 10, delay: 2s } }
+  - { name: queue, match: { path: /queue }, limit: { rate: 1/min, algorithm: token_bucket, burst: 1, delay: 1h, max_delayed: 5 } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delay_spreads_a_double_burst_instead_of_rejecting_it() {
+    let upstream = support::upstream().await;
+    let (sluice, _dir) = start(upstream, SMOOTHING).await;
+    // Twice the bucket at once: the second half waits for its slots, none is rejected.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let listen = sluice.listen;
+            tokio::spawn(async move {
+                let mut conn = support::Conn::open(listen).await;
+                conn.get("/smooth", "burster").await.unwrap().status
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        sluice
+            .metric(r#"sluice_requests_total{route="smooth",plan="default",decision="allowed"}"#)
+            .await,
+        Some(20.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_most_max_delayed_requests_wait_and_the_next_is_rejected() {
+    let upstream = support::upstream().await;
+    let (sluice, _dir) = start(upstream, SMOOTHING).await;
+    let mut conn = sluice.connect().await;
+    assert_eq!(
+        conn.get("/queue", "q").await.unwrap().status,
+        StatusCode::OK
+    );
+    // One a minute: the next five wait (1 to 5 minutes), holding their slots.
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let listen = sluice.listen;
+            tokio::spawn(async move {
+                let mut conn = support::Conn::open(listen).await;
+                conn.get("/queue", "q").await.map(|r| r.status)
+            })
+        })
+        .collect();
+    support::eventually("five requests to wait", async || {
+        sluice.metric("sluice_delayed_requests").await == Some(5.0)
+    })
+    .await;
+    // The queue is full: the next is rejected at once, told when a place frees up.
+    let rejected = conn.get("/queue", "q").await.unwrap();
+    assert_eq!(rejected.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&rejected), 60);
+    // Clients that give up leave the queue.
+    for task in waiting {
+        task.abort();
+    }
+    support::eventually("the queue to empty", async || {
+        sluice.metric("sluice_delayed_requests").await == Some(0.0)
+    })
+    .await;
+}

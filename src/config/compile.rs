@@ -67,6 +67,8 @@ struct Spec {
     scope: Scope,
     burst: Option<u32>,
     shadow: bool,
+    /// Smoothing: how long a request may wait, and how many of one subject may.
+    delay: Option<(Duration, Option<u32>)>,
 }
 
 /// A route's limits while overrides are applied: `None` = exempt route, inner `None` = removed.
@@ -394,6 +396,7 @@ impl Compiler {
             scope: self.defaults.1,
             burst: None,
             shadow: false,
+            delay: None,
         }
     }
 
@@ -455,6 +458,17 @@ impl Compiler {
                 .unwrap_or(self.defaults.1),
             burst: full.burst.or(base.and_then(|b| b.burst)),
             shadow: full.shadow.or(base.map(|b| b.shadow)).unwrap_or(false),
+            delay: match (full.delay, full.max_delayed) {
+                (Some(delay), max) => Some((delay.0, max)),
+                (None, Some(_)) => {
+                    self.problem(
+                        path.into(),
+                        "`max_delayed` bounds the requests waiting under a `delay`; set `delay` too".into(),
+                    );
+                    None
+                }
+                (None, None) => base.and_then(|b| b.delay),
+            },
         })
     }
 
@@ -479,6 +493,15 @@ impl Compiler {
                 format!("limit \"{}\": a sliding window counts at most {SLIDING_MAX_LIMIT} per period; use token_bucket for higher rates", spec.name),
             );
         }
+        if spec.delay.is_some() && algorithm != Algorithm::TokenBucket {
+            self.problem(
+                path.into(),
+                format!(
+                    "limit \"{}\": `delay` applies to token_bucket only",
+                    spec.name
+                ),
+            );
+        }
         if spec.burst.is_some() && algorithm != Algorithm::TokenBucket {
             self.problem(
                 path.into(),
@@ -500,7 +523,16 @@ impl Compiler {
                 format!("limit \"{}\" holds {capacity} units but one request costs {cost}: no request could ever pass", spec.name),
             );
         }
-        Some(quota)
+        // The wait is bounded by `delay` and by `max_delayed` requests of one subject: with
+        // slots reserved at admission, N waiting requests span N emission intervals.
+        let delay = spec.delay.map_or(0, |(delay, max)| {
+            let delay = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+            let by_count = max.map_or(u64::MAX, |n| {
+                u64::from(n).saturating_mul(quota.emission_interval())
+            });
+            delay.min(by_count)
+        });
+        Some(quota.with_delay(delay))
     }
 
     fn limit(
@@ -511,7 +543,10 @@ impl Compiler {
         cost: u32,
         path: &str,
     ) -> Option<Limit> {
+        let shadow = spec.shadow || self.shadow_all;
         let quota = self.quota(spec, cost, path)?;
+        // A shadow limit never rejects, so it never makes a request wait either.
+        let quota = if shadow { quota.with_delay(0) } else { quota };
         let algorithm = algorithm(spec.algorithm);
         let group = if plan_wide { "plan" } else { "route" };
         let id = stable_hash(&format!(
@@ -526,7 +561,7 @@ impl Compiler {
             algorithm,
             quota,
             scope: spec.scope,
-            shadow: spec.shadow || self.shadow_all,
+            shadow,
             origin,
         })
     }

@@ -450,6 +450,12 @@ pub struct LimitFile {
     /// At most this many requests in flight at once (instead of a `rate`).
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Token bucket: a request that does not fit may wait this long for its slot.
+    #[serde(default)]
+    pub delay: Option<HumanDuration>,
+    /// Token bucket with `delay`: at most this many requests of one subject waiting.
+    #[serde(default)]
+    pub max_delayed: Option<u32>,
     /// Count and report, never reject.
     #[serde(default)]
     pub shadow: Option<bool>,

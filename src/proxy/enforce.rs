@@ -17,7 +17,16 @@ use crate::limiter::concurrency::Permit;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy, Profile};
 use crate::response::Rejection;
-use crate::telemetry::Verdict;
+use crate::telemetry::{self, Verdict};
+
+/// Decrements a gauge when dropped.
+struct Decrement(metrics::Gauge);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
 
 /// What the limits say.
 pub(super) enum Enforced {
@@ -89,6 +98,22 @@ impl Gateway {
             .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
         if !decision.allowed {
             return self.limited(reply, profile, identity, decision, limits);
+        }
+        // Smoothing: a token bucket with a `delay` reserved this request a slot in the near
+        // future; it waits for it here (its slot is taken, so a client that leaves loses it).
+        let wait = decision
+            .outcomes
+            .iter()
+            .filter(|o| o.allowed)
+            .map(|o| o.retry_after)
+            .max()
+            .unwrap_or(0);
+        if wait > 0 {
+            let waiting = metrics::gauge!(telemetry::DELAYED);
+            waiting.increment(1.0);
+            // Decremented however the wait ends, the client leaving included.
+            let _done = Decrement(waiting);
+            tokio::time::sleep(std::time::Duration::from_nanos(wait)).await;
         }
         let shadow = decision.violated != 0 || permit.as_ref().is_some_and(|p| p.shadow_full);
         if shadow {

@@ -191,3 +191,34 @@ fn concurrency_limits_compile_last_and_stay_out_of_the_counter_checks() {
          t.yaml:5:23: routes[2].limit: `concurrency` counts requests in flight; it cannot be token_bucket"
     );
 }
+
+#[test]
+fn a_delay_is_bounded_by_max_delayed_and_only_for_token_buckets() {
+    use crate::limiter::clock::{MILLISECOND, SECOND};
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         routes:\n  - { name: a, limit: { rate: 10/s, algorithm: token_bucket, delay: 2s, max_delayed: 5 } }\n  \
+         - { name: b, limit: { rate: 10/s, algorithm: token_bucket, delay: 300ms } }\n  \
+         - { name: c, limit: { rate: 10/s, algorithm: token_bucket, delay: 1s, shadow: true } }\n",
+    );
+    let delay = |route| limits(&c, "default", route).unwrap()[0].quota.delay();
+    assert_eq!(delay("a"), 5 * SECOND / 10, "five intervals, less than 2s");
+    assert_eq!(delay("b"), 300 * MILLISECOND);
+    assert_eq!(delay("c"), 0, "a shadow limit never makes a request wait");
+    assert_eq!(
+        crate::policy::describe(&limits(&c, "default", "b").unwrap()[0]),
+        "b: 10/s token_bucket delay 300ms per key (route)"
+    );
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: { rate: 1/s, delay: 1s } }\n  - { name: b, limit: { rate: 1/s, algorithm: token_bucket, max_delayed: 3 } }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:3:23: routes[0].limit: limit \"a\": `delay` applies to token_bucket only\n\
+         t.yaml:4:23: routes[1].limit: `max_delayed` bounds the requests waiting under a `delay`; set `delay` too"
+    );
+}
