@@ -41,6 +41,8 @@ pub const DEFAULT_DENIED: &str = r#"{"type":"about:blank","title":"Forbidden","s
 pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Bad Gateway","status":${status},"detail":"The upstream service is unavailable.","request_id":"${request_id}"}"#;
 /// Default 504 body.
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
+/// Default body when the limit store failed under `on_error: deny`.
+pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":${status},"detail":"Rate limits cannot be checked right now; retry shortly.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
 #[derive(Clone, Debug)]
@@ -70,6 +72,8 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The limit store failed and `on_error` is `deny`.
+    Unavailable,
 }
 
 /// All replies and the header style.
@@ -91,6 +95,8 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 503: the store failed under `on_error: deny`.
+    pub unavailable: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -123,6 +129,7 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::Unavailable => &self.unavailable,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::body::Body;
 use crate::identity::Identity;
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::concurrency::Permit;
+use crate::limiter::store::OnError;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy, Profile};
 use crate::response::Rejection;
@@ -86,8 +87,14 @@ impl Gateway {
         let decision = match self.store.check(&checks, now).resolve().await {
             Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
             Err(error) => {
-                // The configurable fallbacks arrive with the Redis store; the memory store cannot fail.
-                tracing::warn!(%error, "store failed; allowing the request");
+                // The breaker logs the outage once; each request only counts.
+                tracing::debug!(%error, "store failed");
+                if self.store.on_error() == OnError::Deny {
+                    telemetry::store_fail_closed();
+                    let response = reply.reject(Rejection::Unavailable, None, &[]);
+                    return Enforced::Reject(response, Verdict::Unavailable);
+                }
+                telemetry::store_fail_open();
                 let mut decision = Decision::allow_all();
                 decision.degraded = true;
                 decision

@@ -222,3 +222,19 @@ fn a_delay_is_bounded_by_max_delayed_and_only_for_token_buckets() {
          t.yaml:4:23: routes[1].limit: `max_delayed` bounds the requests waiting under a `delay`; set `delay` too"
     );
 }
+
+#[test]
+fn a_route_limit_problem_is_reported_once_whatever_the_number_of_plans() {
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }
+plans: { pro: {}, business: {} }
+routes:
+  - { name: r, limit: { rate: 2000000/min, algorithm: sliding_window } }
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert!(errors.0[0].message.contains("at most 1048575"), "{errors}");
+}
