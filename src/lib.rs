@@ -4,9 +4,10 @@
 //!
 //! - [`server`]: accepts connections, speaks HTTP, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
-//! - [`identity`]: who is calling (API key, key registry, client IP).
+//! - [`identity`]: who is calling (API key, key registry, JWT, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
-//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
+//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`],
+//!   the penalty box ([`limiter::penalty`]) and concurrency slots ([`limiter::concurrency`]).
 //! - [`response`]: rate-limit headers and the configured replies.
 //! - [`upstream`]: forwarding to the upstream API, streaming both ways.
 //!
