@@ -2,6 +2,8 @@
 //! requests (the client's stream, cut off past the route's `max_body`).
 //!
 //! Bodies are never buffered: frames flow from one connection to the other as they arrive.
+//! An upstream body may hold the request's concurrency slots: it lets go of them when the
+//! stream ends or fails, and when it is dropped (the client left).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +12,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::limiter::concurrency::Held;
+
 pin_project_lite::pin_project! {
     /// A response body.
     #[project = BodyProj]
@@ -17,7 +21,7 @@ pin_project_lite::pin_project! {
         /// A body sluice built itself.
         Full { data: Option<Bytes> },
         /// The upstream's body, streamed.
-        Upstream { #[pin] inner: Incoming },
+        Upstream { #[pin] inner: Incoming, held: Option<Held> },
     }
 }
 
@@ -37,7 +41,15 @@ impl Body {
 
     /// The upstream's body.
     pub fn upstream(inner: Incoming) -> Self {
-        Body::Upstream { inner }
+        Body::Upstream { inner, held: None }
+    }
+
+    /// Keeps `held` alive until the body ends (a body sluice built itself is complete
+    /// already, so it lets go at once).
+    pub fn hold(&mut self, held: Held) {
+        if let Body::Upstream { held: slot, .. } = self {
+            *slot = Some(held);
+        }
     }
 }
 
@@ -51,14 +63,20 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Upstream { inner } => inner.poll_frame(cx),
+            BodyProj::Upstream { inner, held } => {
+                let frame = inner.poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    *held = None;
+                }
+                frame
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full { data } => data.is_none(),
-            Body::Upstream { inner } => inner.is_end_stream(),
+            Body::Upstream { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -67,7 +85,7 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Upstream { inner } => inner.size_hint(),
+            Body::Upstream { inner, .. } => inner.size_hint(),
         }
     }
 }

@@ -5,9 +5,10 @@
 //! - [`server`]: accepts connections, terminates TLS, speaks HTTP, guards against hostile
 //!   clients, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
-//! - [`identity`]: who is calling (API key, key registry, client IP).
+//! - [`identity`]: who is calling (API key, key registry, JWT, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
-//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
+//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`],
+//!   the penalty box ([`limiter::penalty`]) and concurrency slots ([`limiter::concurrency`]).
 //! - [`response`]: rate-limit headers and the configured replies.
 //! - [`upstream`]: forwarding to the upstream API, streaming both ways.
 //! - [`tunnel`]: protocol upgrades (WebSocket) spliced after a checked handshake.
@@ -77,6 +78,7 @@ pub async fn run(
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
+    let swept = gateway.clone();
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
     #[cfg(unix)]
@@ -97,6 +99,8 @@ pub async fn run(
         loop {
             tick.tick().await;
             store.sweep(clock.now());
+            swept.penalties.sweep(clock.now());
+            swept.in_flight.sweep();
         }
     });
     let admin = tokio::spawn(admin::serve(
