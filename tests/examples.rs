@@ -29,6 +29,8 @@ fn every_example_passes_check() {
             .arg("-c")
             .arg(&file)
             .env("NO_COLOR", "1")
+            // Secrets the examples read from the environment.
+            .env("PASSES_JWT_SECRET", "example-secret")
             .output()
             .unwrap();
         assert!(

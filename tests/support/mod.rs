@@ -339,6 +339,26 @@ impl Redis {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers, as with a Redis
+    /// stuck on a slow command.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server runs");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port, empty, and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
