@@ -1,7 +1,9 @@
-//! The response body type: sluice's own bytes, or the upstream's stream passed through.
+//! Body types: responses (sluice's own bytes, or the upstream's stream passed through) and
+//! requests sent upstream (the client's stream, or a body read whole to hash it).
 //!
 //! Upstream bodies are never buffered: frames flow from the upstream connection to the
-//! client as they arrive.
+//! client as they arrive. A body being recorded for an idempotency key is copied as it
+//! passes, never held back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +11,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::idempotency::Recorder;
 
 pin_project_lite::pin_project! {
     /// A response body.
@@ -18,6 +22,8 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// The upstream's body, streamed.
         Upstream { #[pin] inner: Incoming },
+        /// A body streamed to the client and copied into an idempotency record.
+        Recorded { inner: Box<Body>, recorder: Recorder },
     }
 }
 
@@ -39,6 +45,14 @@ impl Body {
     pub fn upstream(inner: Incoming) -> Self {
         Body::Upstream { inner }
     }
+
+    /// `inner`, copied into `recorder` as it streams.
+    pub fn recorded(inner: Body, recorder: Recorder) -> Self {
+        Body::Recorded {
+            inner: Box::new(inner),
+            recorder,
+        }
+    }
 }
 
 impl http_body::Body for Body {
@@ -52,6 +66,24 @@ impl http_body::Body for Body {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Upstream { inner } => inner.poll_frame(cx),
+            BodyProj::Recorded { inner, recorder } => {
+                let polled = Pin::new(&mut **inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            recorder.data(data);
+                        }
+                        // The server stops polling once the body says it has ended.
+                        if inner.is_end_stream() {
+                            recorder.finish();
+                        }
+                    }
+                    Poll::Ready(None) => recorder.finish(),
+                    Poll::Ready(Some(Err(_))) => recorder.abandon(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -59,6 +91,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full { data } => data.is_none(),
             Body::Upstream { inner } => inner.is_end_stream(),
+            Body::Recorded { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -68,6 +101,69 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Upstream { inner } => inner.size_hint(),
+            Body::Recorded { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body sent upstream.
+    #[project = RequestBodyProj]
+    pub enum RequestBody {
+        /// The client's body, streamed.
+        Incoming { #[pin] inner: Incoming },
+        /// A body read whole (to hash it for an idempotency key).
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl RequestBody {
+    /// The client's body, streamed.
+    pub fn incoming(inner: Incoming) -> Self {
+        RequestBody::Incoming { inner }
+    }
+
+    /// A complete body.
+    pub fn full(data: Bytes) -> Self {
+        RequestBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(inner: Incoming) -> Self {
+        RequestBody::incoming(inner)
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            RequestBodyProj::Incoming { inner } => inner.poll_frame(cx),
+            RequestBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming { inner } => inner.is_end_stream(),
+            RequestBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming { inner } => inner.size_hint(),
+            RequestBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`server`]: accepts connections, speaks HTTP, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
+//! - [`idempotency`]: routes that take `Idempotency-Key`: replay a retry, never resend it.
 //! - [`identity`]: who is calling (API key, key registry, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
 //! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod idempotency;
 pub mod identity;
 pub mod inspect;
 pub mod limiter;
@@ -68,12 +70,16 @@ pub async fn run(
         "sluice is running"
     );
 
+    let records = gateway.idempotency.store.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweep_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            store.sweep(clock.now());
+            let now = clock.now();
+            store.sweep(now);
+            records.sweep(now);
+            idempotency::report(&*records);
         }
     });
     let admin = tokio::spawn(admin::serve(

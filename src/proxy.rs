@@ -16,9 +16,10 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::Config;
-use crate::identity::Unidentified;
+use crate::idempotency::{memory::MemoryRecords, Early, Idempotency};
+use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::store::Store;
 use crate::limiter::Decision;
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// The only source of time.
     pub clock: Arc<dyn Clock>,
+    /// Idempotency records of routes that take keys.
+    pub idempotency: Idempotency,
     timers: Timers,
     request_ids: RequestIds,
 }
@@ -67,12 +70,15 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving `config` with `store` and `clock`.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let records =
+            MemoryRecords::new(config.idempotency.max_entries, config.idempotency.max_bytes);
         let mut snapshot = Snapshot::new(config);
         snapshot.loaded_at = clock.now();
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
+            idempotency: Idempotency::new(Arc::new(records)),
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
@@ -128,11 +134,24 @@ impl Gateway {
             ));
         }
 
-        let Some(limits) = policy.limits(profile, route) else {
+        // Before the limiter: a replay is not forwarded and takes no quota.
+        let limits = policy.limits(profile, route);
+        let (body, pending) = match (self.idempotency)
+            .begin(config, route, &identity, client_ip, &parts, body, now)
+            .await
+        {
+            Ok(forward) => forward,
+            Err(early) => {
+                return Ok(self
+                    .answer(early, &reply, limits, &identity, client_ip)
+                    .await)
+            }
+        };
+        let Some(limits) = limits else {
             let response = self
                 .forward(&snapshot, parts, body, peer, None, &[], &reply)
                 .await;
-            return Ok(self.finish(response, &reply, Verdict::Exempt, false));
+            return Ok(self.finish(pending.keep(response), &reply, Verdict::Exempt, false));
         };
         let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
         let decision = match self.store.check(&checks, now).resolve().await {
@@ -166,7 +185,49 @@ impl Gateway {
                 &reply,
             )
             .await;
-        Ok(self.finish(response, &reply, Verdict::Allowed, near_limit))
+        Ok(self.finish(pending.keep(response), &reply, Verdict::Allowed, near_limit))
+    }
+
+    /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
+    /// the caller's current limits in the headers, peeked: nothing is counted.
+    async fn answer(
+        &self,
+        early: Early,
+        reply: &Reply<'_>,
+        limits: Option<&[Limit]>,
+        identity: &Identity,
+        client_ip: std::net::IpAddr,
+    ) -> Response<Body> {
+        let limits = limits.unwrap_or(&[]);
+        let mut decision = Decision::allow_all();
+        if !limits.is_empty() {
+            let cost = reply.config.policy.cost(reply.route);
+            let checks = Policy::checks(limits, identity, client_ip, cost);
+            if let Ok(outcomes) = self.store.peek(&checks, reply.now).resolve().await {
+                decision = Decision::from_outcomes(outcomes, &checks);
+                // Nothing was rejected by a limit: no Retry-After.
+                decision.allowed = true;
+            }
+        }
+        let (response, verdict) = match early {
+            Early::Replay(record) => {
+                let mut response = Early::replay(&record);
+                let headers = response.headers_mut();
+                let responses = &reply.config.responses;
+                responses.write_limit_headers(headers, Some(&decision), limits, reply.now);
+                (response, Verdict::Replayed)
+            }
+            Early::Refuse(rejection) => (
+                reply.reject(rejection, Some(&decision), limits),
+                Verdict::Refused,
+            ),
+            Early::Unreadable => {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                (response, Verdict::Refused)
+            }
+        };
+        self.finish(response, reply, verdict, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -174,7 +235,7 @@ impl Gateway {
         &self,
         snapshot: &Snapshot,
         parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
         peer: SocketAddr,
         decision: Option<&Decision>,
         limits: &[Limit],

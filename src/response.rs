@@ -41,6 +41,12 @@ pub const DEFAULT_DENIED: &str = r#"{"type":"about:blank","title":"Forbidden","s
 pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Bad Gateway","status":${status},"detail":"The upstream service is unavailable.","request_id":"${request_id}"}"#;
 /// Default 504 body.
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
+/// Default 409 body: a request with the same idempotency key is in flight.
+pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":"Conflict","status":${status},"detail":"A request with this idempotency key is still in progress; retry later.","request_id":"${request_id}"}"#;
+/// Default 422 body: the idempotency key was used with a different request.
+pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":"Unprocessable Content","status":${status},"detail":"This idempotency key was already used with a different request.","request_id":"${request_id}"}"#;
+/// Default 413 body: too large a body to hash for an idempotency key.
+pub const DEFAULT_IDEMPOTENCY_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The body of a request with an idempotency key is larger than this route allows.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
 #[derive(Debug)]
@@ -68,6 +74,12 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// A request with the same idempotency key is still in flight.
+    IdempotencyConflict,
+    /// The idempotency key was used with a different request.
+    IdempotencyMismatch,
+    /// The body of a request with an idempotency key is over the route's `max_body`.
+    IdempotencyTooLarge,
 }
 
 /// All replies and the header style.
@@ -87,6 +99,12 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 409.
+    pub idempotency_conflict: Reply,
+    /// 422.
+    pub idempotency_mismatch: Reply,
+    /// 413.
+    pub idempotency_too_large: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -118,6 +136,9 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::IdempotencyConflict => &self.idempotency_conflict,
+            Rejection::IdempotencyMismatch => &self.idempotency_mismatch,
+            Rejection::IdempotencyTooLarge => &self.idempotency_too_large,
         }
     }
 

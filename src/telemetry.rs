@@ -33,6 +33,23 @@ pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sluice_config_last_reload_success_timestamp_seconds";
 /// 1 if the last reload attempt took effect, 0 if it was rejected.
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
+/// Idempotency-key outcomes: `replayed`, `conflict`, `mismatch`, `too_large`, `stored`,
+/// `not_stored`, `error`.
+pub const IDEMPOTENCY: &str = "sluice_idempotency_total";
+/// Idempotency records held (stored responses and claims in flight).
+pub const IDEMPOTENCY_ENTRIES: &str = "sluice_idempotency_entries";
+/// Bytes of stored idempotent responses.
+pub const IDEMPOTENCY_BYTES: &str = "sluice_idempotency_bytes";
+/// Every `outcome` label of [`IDEMPOTENCY`].
+pub const IDEMPOTENCY_OUTCOMES: [&str; 7] = [
+    "replayed",
+    "conflict",
+    "mismatch",
+    "too_large",
+    "stored",
+    "not_stored",
+    "error",
+];
 /// Constant 1 with the version as a label.
 pub const BUILD_INFO: &str = "sluice_build_info";
 
@@ -49,15 +66,21 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// Answered with the stored response of an idempotency key.
+    Replayed = 5,
+    /// Refused under the idempotency rules (409, 422, 413).
+    Refused = 6,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 5] = [
+    const ALL: [Verdict; 7] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::Replayed,
+        Verdict::Refused,
     ];
 
     /// The label value.
@@ -68,6 +91,8 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
+            Verdict::Replayed => "replayed",
+            Verdict::Refused => "refused",
         }
     }
 }
@@ -205,6 +230,11 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
+    for outcome in IDEMPOTENCY_OUTCOMES {
+        metrics::counter!(IDEMPOTENCY, "outcome" => outcome).absolute(0);
+    }
+    metrics::gauge!(IDEMPOTENCY_ENTRIES).set(0.0);
+    metrics::gauge!(IDEMPOTENCY_BYTES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
 }
@@ -236,6 +266,16 @@ fn describe() {
     describe_counter!(
         STORE_OVERFLOW,
         "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_counter!(IDEMPOTENCY, "Idempotency-key outcomes.");
+    describe_gauge!(
+        IDEMPOTENCY_ENTRIES,
+        "Idempotency records held (stored and in flight)."
+    );
+    describe_gauge!(
+        IDEMPOTENCY_BYTES,
+        Unit::Bytes,
+        "Bytes of stored idempotent responses."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

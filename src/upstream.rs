@@ -10,12 +10,11 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
 /// `X-Forwarded-For`.
@@ -55,7 +54,7 @@ impl UpstreamError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     settings: UpstreamSettings,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
 }
 
 impl Upstream {
@@ -79,7 +78,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut parts: Parts,
-        body: Incoming,
+        body: RequestBody,
         forwarded: &Forwarded,
     ) -> Result<Response<Body>, UpstreamError> {
         let base = match &self.settings.target {

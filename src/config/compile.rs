@@ -12,10 +12,11 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use super::file::{self, AlgorithmName, File, KeyEntry, LimitFile, LimitValue, Scope};
-use super::units::Rate;
+use super::units::{ByteSize, Rate};
 use super::{
     Config, LogSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings, UpstreamTarget,
 };
+use crate::idempotency;
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
 use crate::limiter::window::SLIDING_MAX_LIMIT;
 use crate::limiter::{Algorithm, Quota};
@@ -188,6 +189,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     let responses = c.responses(&file.responses);
     let upstream = c.upstream(&file.upstream);
     let store = c.store(&file.store);
+    let idempotency = c.idempotency(&file);
     let log = LogSettings {
         json: file.log.format == Some(file::LogFormat::Json),
         level: file.log.level.clone().unwrap_or_else(|| "info".into()),
@@ -215,6 +217,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
         upstream,
         responses,
         store,
+        idempotency,
         log,
         shutdown_timeout: file
             .shutdown_timeout
@@ -805,6 +808,24 @@ impl Compiler {
                 file.upstream_timeout.as_ref(),
                 (504, response::DEFAULT_UPSTREAM_TIMEOUT),
             ),
+            idempotency_conflict: reply(
+                self,
+                "idempotency_conflict",
+                file.idempotency_conflict.as_ref(),
+                (409, response::DEFAULT_IDEMPOTENCY_CONFLICT),
+            ),
+            idempotency_mismatch: reply(
+                self,
+                "idempotency_mismatch",
+                file.idempotency_mismatch.as_ref(),
+                (422, response::DEFAULT_IDEMPOTENCY_MISMATCH),
+            ),
+            idempotency_too_large: reply(
+                self,
+                "idempotency_too_large",
+                file.idempotency_too_large.as_ref(),
+                (413, response::DEFAULT_IDEMPOTENCY_TOO_LARGE),
+            ),
         }
     }
 
@@ -901,6 +922,73 @@ impl Compiler {
         StoreSettings {
             max_entries,
             sweep_interval,
+        }
+    }
+}
+
+impl Compiler {
+    /// Per-route idempotency rules and the record store's bounds.
+    fn idempotency(&mut self, file: &File) -> idempotency::Settings {
+        let bounds = &file.idempotency;
+        let max_entries = bounds
+            .max_entries
+            .unwrap_or(idempotency::DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 {
+            self.problem(
+                "idempotency.max_entries".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let max_bytes = bounds
+            .max_bytes
+            .map_or(idempotency::DEFAULT_MAX_BYTES, |b| b.0);
+        if max_bytes == 0 {
+            self.problem("idempotency.max_bytes".into(), "must be at least 1B".into());
+        }
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (i, route) in file.routes.iter().enumerate() {
+            let Some(given) = &route.idempotency else {
+                routes.push(None);
+                continue;
+            };
+            let path = format!("routes[{i}].idempotency");
+            let header = match given.header.as_deref() {
+                None => idempotency::IDEMPOTENCY_KEY,
+                Some(name) => HeaderName::try_from(name).unwrap_or_else(|_| {
+                    self.problem(
+                        format!("{path}.header"),
+                        format!("\"{name}\" is not a valid header name"),
+                    );
+                    idempotency::IDEMPOTENCY_KEY
+                }),
+            };
+            let ttl = given.ttl.map_or(idempotency::DEFAULT_TTL, |d| d.0);
+            if ttl.is_zero() {
+                self.problem(format!("{path}.ttl"), "must be greater than zero".into());
+            }
+            let max_body = given
+                .max_body
+                .map_or(idempotency::DEFAULT_MAX_BODY, |b| b.0);
+            if max_body > max_bytes {
+                self.problem(
+                    format!("{path}.max_body"),
+                    format!(
+                        "{} is more than idempotency.max_bytes ({}): such a response could never be stored",
+                        ByteSize(max_body),
+                        ByteSize(max_bytes)
+                    ),
+                );
+            }
+            routes.push(Some(idempotency::Rule {
+                header,
+                ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
+                max_body,
+            }));
+        }
+        idempotency::Settings {
+            routes,
+            max_entries,
+            max_bytes,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use super::file::{Fallback, FallbackPlan, File, LimitFile, LimitValue};
-use super::units::{HumanDuration, Rate};
+use super::units::{ByteSize, HumanDuration, Rate};
 
 /// The schema of a config file as JSON (draft-07, which YAML language servers support best).
 pub fn schema() -> serde_json::Value {
@@ -84,6 +84,27 @@ impl JsonSchema for HumanDuration {
                 { "type": "integer", "minimum": 0 }
             ],
             "examples": ["50ms", "2s", "1m", "1h"]
+        })
+    }
+}
+
+/// Units after a number in a byte size (`units::BYTE_UNITS`, plus `B`).
+const BYTE_UNITS: &[&str] = &["b", "kb", "mb", "gb", "tb", "kib", "mib", "gib", "tib"];
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let pattern = format!(r"^\s*[0-9]+(\.[0-9]+)?\s*{}?\s*$", alternatives(BYTE_UNITS));
+        json_schema!({
+            "description": "A size like `512KiB`, `1MiB` or `10MB` (KiB… are 1024-based, KB… 1000-based), or a whole number of bytes.",
+            "anyOf": [
+                { "type": "string", "pattern": pattern },
+                { "type": "integer", "minimum": 0 }
+            ],
+            "examples": ["64KiB", "1MiB", "10MB"]
         })
     }
 }
