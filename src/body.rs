@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::idempotency::Recorder;
+use crate::idempotency::Recording;
 
 pin_project_lite::pin_project! {
     /// A response body.
@@ -23,7 +23,7 @@ pin_project_lite::pin_project! {
         /// The upstream's body, streamed.
         Upstream { #[pin] inner: Incoming },
         /// A body streamed to the client and copied into an idempotency record.
-        Recorded { inner: Box<Body>, recorder: Recorder },
+        Recorded { inner: Box<Recording> },
     }
 }
 
@@ -46,11 +46,10 @@ impl Body {
         Body::Upstream { inner }
     }
 
-    /// `inner`, copied into `recorder` as it streams.
-    pub fn recorded(inner: Body, recorder: Recorder) -> Self {
+    /// A body copied into an idempotency record as it streams.
+    pub fn recorded(recording: Recording) -> Self {
         Body::Recorded {
-            inner: Box::new(inner),
-            recorder,
+            inner: Box::new(recording),
         }
     }
 }
@@ -66,24 +65,7 @@ impl http_body::Body for Body {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Upstream { inner } => inner.poll_frame(cx),
-            BodyProj::Recorded { inner, recorder } => {
-                let polled = Pin::new(&mut **inner).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            recorder.data(data);
-                        }
-                        // The server stops polling once the body says it has ended.
-                        if inner.is_end_stream() {
-                            recorder.finish();
-                        }
-                    }
-                    Poll::Ready(None) => recorder.finish(),
-                    Poll::Ready(Some(Err(_))) => recorder.abandon(),
-                    Poll::Pending => {}
-                }
-                polled
-            }
+            BodyProj::Recorded { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -91,7 +73,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full { data } => data.is_none(),
             Body::Upstream { inner } => inner.is_end_stream(),
-            Body::Recorded { inner, .. } => inner.is_end_stream(),
+            Body::Recorded { inner } => inner.is_end_stream(),
         }
     }
 
@@ -101,7 +83,7 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Upstream { inner } => inner.size_hint(),
-            Body::Recorded { inner, .. } => inner.size_hint(),
+            Body::Recorded { inner } => inner.size_hint(),
         }
     }
 }

@@ -10,6 +10,9 @@
 //! replies: the proxy does, with the answer it gets from here.
 
 pub mod memory;
+mod recording;
+
+pub use recording::{Pending, Recording};
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,11 +20,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
-use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
@@ -234,7 +236,7 @@ impl Idempotency {
         body: Incoming,
         now: Nanos,
     ) -> Result<(RequestBody, Pending), Early> {
-        let untouched = |body: Incoming| Ok((RequestBody::incoming(body), Pending(None)));
+        let untouched = |body: Incoming| Ok((RequestBody::incoming(body), Pending::none()));
         let Some((route, rule)) = route.and_then(|r| {
             let rule = config.idempotency.routes.get(r)?.as_ref()?;
             Some((&*config.policy.routes[r].name, rule))
@@ -277,14 +279,8 @@ impl Idempotency {
         let claimed = self.store.claim(&key, &fingerprint, expires, now).resolve();
         match claimed.await {
             Ok(Claimed::Owned(token)) => {
-                let claim = Claim {
-                    store: self.store.clone(),
-                    key,
-                    token,
-                    max_body: rule.max_body,
-                    done: false,
-                };
-                Ok((RequestBody::full(bytes), Pending(Some(claim))))
+                let claim = Pending::claimed(self.store.clone(), key, token, rule.max_body);
+                Ok((RequestBody::full(bytes), claim))
             }
             Ok(Claimed::Stored(record)) => {
                 count("replayed");
@@ -296,7 +292,7 @@ impl Idempotency {
                 // Like the limiter, a failing store lets the request through: logged, counted.
                 tracing::warn!(%error, "idempotency store failed; forwarding without a record");
                 count("error");
-                Ok((RequestBody::full(bytes), Pending(None)))
+                Ok((RequestBody::full(bytes), Pending::none()))
             }
         }
     }
@@ -307,7 +303,7 @@ fn refuse(rejection: Rejection, outcome: &'static str) -> Early {
     Early::Refuse(rejection)
 }
 
-fn count(outcome: &'static str) {
+pub(crate) fn count(outcome: &'static str) {
     metrics::counter!(telemetry::IDEMPOTENCY, "outcome" => outcome).increment(1);
 }
 
@@ -394,123 +390,6 @@ pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
     }
     crate::upstream::remove_hop_by_hop(&mut kept);
     kept
-}
-
-/// The first request's claim on its key, if it has one. Dropped unfilled (limited,
-/// upstream failed, client gone), it releases the key so a retry is forwarded.
-pub struct Pending(Option<Claim>);
-
-impl Pending {
-    /// No claim: the response is not recorded.
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    /// Records `response` as it streams to the client, when it is worth storing.
-    pub fn keep(self, response: Response<Body>) -> Response<Body> {
-        let Some(claim) = self.0 else {
-            return response;
-        };
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if !storable(response.status()) || declared.is_some_and(|n| n > claim.max_body) {
-            count("not_stored");
-            return response;
-        }
-        let (parts, body) = response.into_parts();
-        let mut recorder = Recorder {
-            status: parts.status,
-            headers: stored_headers(&parts.headers),
-            body: BytesMut::new(),
-            claim: Some(claim),
-        };
-        if body.is_end_stream() {
-            recorder.finish();
-            return Response::from_parts(parts, body);
-        }
-        Response::from_parts(parts, Body::recorded(body, recorder))
-    }
-}
-
-struct Claim {
-    store: Arc<dyn RecordStore>,
-    key: RecordKey,
-    token: u64,
-    max_body: u64,
-    done: bool,
-}
-
-impl Claim {
-    fn commit(mut self, record: Record) {
-        self.done = true;
-        match self.store.commit(&self.key, self.token, record) {
-            Answer::Ready(Ok(true)) => count("stored"),
-            Answer::Ready(_) => count("not_stored"),
-            later => {
-                count("stored");
-                later.detach();
-            }
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        if !self.done {
-            self.store.release(&self.key, self.token).detach();
-        }
-    }
-}
-
-/// Copies a response body into its record while it streams to the client.
-pub struct Recorder {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: BytesMut,
-    /// `None` once stored or given up.
-    claim: Option<Claim>,
-}
-
-impl Recorder {
-    /// A chunk went to the client.
-    pub fn data(&mut self, chunk: &Bytes) {
-        let Some(claim) = &self.claim else { return };
-        if (self.body.len() + chunk.len()) as u64 > claim.max_body {
-            self.abandon();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
-    }
-
-    /// The body ended cleanly: store the record.
-    pub fn finish(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            claim.commit(Record {
-                status: self.status,
-                headers: std::mem::take(&mut self.headers),
-                body: std::mem::take(&mut self.body).freeze(),
-            });
-        }
-    }
-
-    /// The body failed or grew too large: release the key, free the copy.
-    pub fn abandon(&mut self) {
-        if self.claim.take().is_some() {
-            count("not_stored");
-        }
-        self.body = BytesMut::new();
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        // Dropped before the end: the client went away mid-body. The claim releases itself.
-        if self.claim.is_some() {
-            count("not_stored");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, RequestBody};
 use crate::config::Config;
-use crate::idempotency::{memory::MemoryRecords, Early, Idempotency};
+use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending};
 use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::store::Store;
@@ -136,7 +136,8 @@ impl Gateway {
 
         // Before the limiter: a replay is not forwarded and takes no quota.
         let limits = policy.limits(profile, route);
-        let (body, pending) = match (self.idempotency)
+        let (body, pending) = match self
+            .idempotency
             .begin(config, route, &identity, client_ip, &parts, body, now)
             .await
         {
@@ -149,9 +150,9 @@ impl Gateway {
         };
         let Some(limits) = limits else {
             let response = self
-                .forward(&snapshot, parts, body, peer, None, &[], &reply)
+                .forward(&snapshot, parts, body, pending, peer, None, &[], &reply)
                 .await;
-            return Ok(self.finish(pending.keep(response), &reply, Verdict::Exempt, false));
+            return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
         let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
         let decision = match self.store.check(&checks, now).resolve().await {
@@ -179,13 +180,14 @@ impl Gateway {
                 &snapshot,
                 parts,
                 body,
+                pending,
                 peer,
                 Some(&decision),
                 limits,
                 &reply,
             )
             .await;
-        Ok(self.finish(pending.keep(response), &reply, Verdict::Allowed, near_limit))
+        Ok(self.finish(response, &reply, Verdict::Allowed, near_limit))
     }
 
     /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
@@ -236,6 +238,7 @@ impl Gateway {
         snapshot: &Snapshot,
         parts: http::request::Parts,
         body: RequestBody,
+        pending: Pending,
         peer: SocketAddr,
         decision: Option<&Decision>,
         limits: &[Limit],
@@ -247,7 +250,9 @@ impl Gateway {
             proto: "http",
         };
         let started = self.clock.now();
-        let result = snapshot.upstream.forward(parts, body, &forwarded).await;
+        let result = pending
+            .forward(&snapshot.upstream, parts, body, forwarded)
+            .await;
         self.timers
             .upstream
             .record(nanos_to_secs(self.clock.now().saturating_sub(started)));

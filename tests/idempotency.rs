@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use support::Sluice;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 
 /// An upstream that counts what it sees. `/v1/messages` answers 201 with a fresh sequence
 /// number and the request body; `/v1/fail` answers 503; `/v1/slow` answers only once the
-/// gate opens.
+/// gate opens; `/v1/broken` sends part of a body and then fails.
 struct Upstream {
     addr: SocketAddr,
     seen: Arc<AtomicU64>,
@@ -55,13 +56,33 @@ async fn upstream() -> Upstream {
     Upstream { addr, seen, gate }
 }
 
+type UpBody = BoxBody<Bytes, std::io::Error>;
+
 async fn answer(
     req: Request<Incoming>,
     seq: u64,
     mut opened: watch::Receiver<bool>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if path == "/v1/broken" {
+        // A first chunk, then (once the test says so) a failure instead of the rest.
+        let frames = futures_util::stream::unfold(0, move |step| {
+            let mut opened = opened.clone();
+            async move {
+                let frame = match step {
+                    0 => Ok(Frame::data(Bytes::from_static(b"partial"))),
+                    1 => {
+                        opened.wait_for(|open| *open).await.unwrap();
+                        Err(std::io::Error::other("upstream broke mid-body"))
+                    }
+                    _ => return None,
+                };
+                Some((frame, step + 1))
+            }
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(frames))));
+    }
     let (status, text) = match path.as_str() {
         "/v1/fail" => (503, "busy".to_string()),
         "/v1/slow" => {
@@ -76,7 +97,8 @@ async fn answer(
             ),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let full = Full::new(Bytes::from(text)).map_err(|never| match never {});
+    let mut response = Response::new(BodyExt::boxed(full));
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     let headers = response.headers_mut();
     headers.insert("content-type", "application/json".parse().unwrap());
@@ -85,6 +107,7 @@ async fn answer(
     Ok(response)
 }
 
+#[derive(Debug)]
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
@@ -105,6 +128,22 @@ async fn post(
     idem: Option<&str>,
     body: &str,
 ) -> Reply {
+    let (parts, body) = send(addr, path, api_key, idem, body).await.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// Sends one POST and returns the response with its body still streaming.
+async fn send(
+    addr: SocketAddr,
+    path: &str,
+    api_key: &str,
+    idem: Option<&str>,
+    body: &str,
+) -> Response<Incoming> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -119,13 +158,7 @@ async fn post(
     let request = request
         .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    sender.send_request(request).await.unwrap()
 }
 
 fn start(dir: &Path, upstream: SocketAddr) -> Sluice {
@@ -138,6 +171,7 @@ routes:
   - {{ name: send, match: {{ method: POST, path: /v1/messages }}, limit: {{ rate: 3/d, algorithm: fixed_window }}, idempotency: {{ max_body: 64 }} }}
   - {{ name: fail, match: {{ method: POST, path: /v1/fail }}, limit: 100/d, idempotency: {{}} }}
   - {{ name: slow, match: {{ method: POST, path: /v1/slow }}, limit: 100/d, idempotency: {{}} }}
+  - {{ name: broken, match: {{ method: POST, path: /v1/broken }}, limit: 100/d, idempotency: {{}} }}
 responses:
   idempotency_conflict:
     body: '{{"code":"IN_PROGRESS","status":${{status}},"request_id":"${{request_id}}"}}'
@@ -326,4 +360,57 @@ async fn a_body_over_max_body_gets_413_and_requests_without_a_key_are_untouched(
         assert_eq!(reply.status, StatusCode::CREATED);
         assert_eq!(up.seen.load(Ordering::SeqCst), expected);
     }
+}
+
+#[tokio::test]
+async fn a_body_that_fails_midway_is_not_stored() {
+    let up = upstream().await;
+    let dir = support::dir();
+    let sluice = start(dir.path(), up.addr);
+    for expected in 1..=2 {
+        let response = send(sluice.listen, "/v1/broken", "alice", Some("b"), "x").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        up.gate.send(true).unwrap();
+        assert!(response.into_body().collect().await.is_err());
+        up.gate.send(false).unwrap();
+        assert_eq!(up.seen.load(Ordering::SeqCst), expected);
+    }
+}
+
+/// The case idempotency keys exist for: the client times out and goes away while the
+/// upstream is still working. The exchange finishes anyway, and the retry gets its answer
+/// instead of sending again.
+#[tokio::test]
+async fn a_client_that_leaves_early_gets_the_answer_on_retry_without_a_second_send() {
+    let up = upstream().await;
+    let dir = support::dir();
+    let sluice = start(dir.path(), up.addr);
+    let listen = sluice.listen;
+    let first =
+        tokio::spawn(async move { post(listen, "/v1/slow", "alice", Some("gone"), "x").await });
+    support::eventually("the first request to reach the upstream", async || {
+        up.seen.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    up.gate.send(true).unwrap();
+    let mut retries = Vec::new();
+    support::eventually("the retry to be answered from the record", async || {
+        let retry = post(listen, "/v1/slow", "alice", Some("gone"), "x").await;
+        let replayed = retry.header("idempotent-replayed") == Some("true");
+        retries.push(retry);
+        replayed
+    })
+    .await;
+    let last = retries.last().unwrap();
+    assert_eq!(
+        (last.status, &last.body[..]),
+        (StatusCode::CREATED, &b"slow 1"[..])
+    );
+    // Until then, the retries were told the first was still in progress.
+    for early in &retries[..retries.len() - 1] {
+        assert_eq!(early.status, StatusCode::CONFLICT);
+    }
+    assert_eq!(up.seen.load(Ordering::SeqCst), 1);
 }
