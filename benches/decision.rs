@@ -75,9 +75,7 @@ fn bench(c: &mut Criterion) {
     // A million distinct callers already tracked (3 counters each would be 3M entries;
     // they are unknown keys counted per presented key under `pro`), then decisions that
     // land on random ones of them: the cost of a big, cache-cold table.
-    let keys: Vec<Parts> = (0..1_000_000)
-        .map(|i| head(&format!("caller-{i}")))
-        .collect();
+    let keys: Vec<Parts> = (0..1_000_000).map(|i| head(&format!("caller-{i}"))).collect();
     let big = MemoryStore::new(4_000_000);
     for parts in &keys {
         now += 10;
