@@ -75,7 +75,11 @@ async fn respond(
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => text(
             StatusCode::OK,
-            &format!("ready: store={}\n", gateway.store.name()),
+            &format!(
+                "ready: store={} ({})\n",
+                gateway.store.name(),
+                gateway.store.status()
+            ),
         ),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -77,6 +77,33 @@ pub struct StoreSettings {
     pub max_entries: usize,
     /// How often idle counters are swept.
     pub sweep_interval: Duration,
+    /// Set when the backend is Redis.
+    pub redis: Option<RedisSettings>,
+}
+
+/// The Redis store's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://…` URL (may hold a password: never log it, use `redacted_url`).
+    pub url: String,
+    /// Bound on every call.
+    pub timeout: Duration,
+    /// What requests get while Redis fails.
+    pub on_error: crate::limiter::store::OnError,
+    /// Key prefix and Redis Cluster hash tag.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    /// The URL with any password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// Log settings.

@@ -273,14 +273,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Process-wide secret for subject hashes, so nobody can craft a key that shares a
-/// counter with someone else's. Kept across reloads, so counters survive them.
+static HASHER: OnceLock<SipHasher13> = OnceLock::new();
+
+/// Process-wide secret for subject hashes, so nobody can aim keys at one bucket of the
+/// memory store's map. Kept across reloads, so counters survive them.
 fn hasher() -> &'static SipHasher13 {
-    static HASHER: OnceLock<SipHasher13> = OnceLock::new();
     HASHER.get_or_init(|| {
         let (k0, k1) = (rand::random(), rand::random());
         SipHasher13::new_with_keys(k0, k1)
     })
+}
+
+/// Makes the subject hash secret a function of `seed`, so replicas sharing a store count
+/// a caller under the same counter. Effective only before the first subject is hashed
+/// (the first config load); returns whether the secret is the shared one.
+pub fn share_subject_secret(seed: &[u8]) -> bool {
+    let digest = Sha256::digest([b"sluice subjects\0".as_slice(), seed].concat());
+    let k0 = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    let k1 = u64::from_le_bytes(digest[8..16].try_into().expect("8 bytes"));
+    let shared = SipHasher13::new_with_keys(k0, k1);
+    HASHER.get_or_init(|| shared).keys() == shared.keys()
 }
 
 /// Keyed hash of a subject; `tag` keeps kinds apart (a key never equals an IP or an org).

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use limiter::clock::{Clock, SystemClock};
 use limiter::store::memory::MemoryStore;
+use limiter::store::redis::RedisStore;
 use limiter::store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -53,7 +54,15 @@ pub async fn run(
         config.policy.identifier.registry.len(),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.store.max_entries));
+    let store: Arc<dyn Store> = match &config.store.redis {
+        None => Arc::new(MemoryStore::new(config.store.max_entries)),
+        Some(redis) => {
+            let store = RedisStore::start(redis, config.store.max_entries)
+                .map_err(std::io::Error::other)?;
+            tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
+            Arc::new(store)
+        }
+    };
     let sweep_every = config.store.sweep_interval;
     let drain = config.shutdown_timeout;
     let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending};
 use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
-use crate::limiter::store::Store;
+use crate::limiter::store::{OnError, Store};
 use crate::limiter::Decision;
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, Rejection};
@@ -158,8 +158,14 @@ impl Gateway {
         let decision = match self.store.check(&checks, now).resolve().await {
             Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
             Err(error) => {
-                // The configurable fallbacks arrive with the Redis store; the memory store cannot fail.
-                tracing::warn!(%error, "store failed; allowing the request");
+                // The breaker logs the outage once; each request only counts.
+                tracing::debug!(%error, "store failed");
+                if self.store.on_error() == OnError::Deny {
+                    telemetry::store_fail_closed();
+                    let response = reply.reject(Rejection::Unavailable, None, &[]);
+                    return Ok(self.finish(response, &reply, Verdict::Unavailable, false));
+                }
+                telemetry::store_fail_open();
                 let mut decision = Decision::allow_all();
                 decision.degraded = true;
                 decision

@@ -259,6 +259,22 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.store.sweep_interval),
         format!("{:?}", new.store.sweep_interval),
     );
+    let redis = |config: &Config| {
+        config
+            .store
+            .redis
+            .as_ref()
+            .map_or("memory".to_string(), |r| {
+                format!(
+                    "redis {} (timeout {:?}, on_error {}, prefix {})",
+                    r.redacted_url(),
+                    r.timeout,
+                    r.on_error.as_str(),
+                    r.prefix
+                )
+            })
+    };
+    compare("store", redis(old), redis(new));
     compare(
         "idempotency.max_entries",
         old.idempotency.max_entries.to_string(),

@@ -41,6 +41,8 @@ pub const DEFAULT_DENIED: &str = r#"{"type":"about:blank","title":"Forbidden","s
 pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Bad Gateway","status":${status},"detail":"The upstream service is unavailable.","request_id":"${request_id}"}"#;
 /// Default 504 body.
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
+/// Default body when the limit store failed under `on_error: deny`.
+pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":${status},"detail":"Rate limits cannot be checked right now; retry shortly.","request_id":"${request_id}"}"#;
 /// Default 409 body: a request with the same idempotency key is in flight.
 pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":"Conflict","status":${status},"detail":"A request with this idempotency key is still in progress; retry later.","request_id":"${request_id}"}"#;
 /// Default 422 body: the idempotency key was used with a different request.
@@ -74,6 +76,8 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The limit store failed and `on_error` is `deny`.
+    Unavailable,
     /// A request with the same idempotency key is still in flight.
     IdempotencyConflict,
     /// The idempotency key was used with a different request.
@@ -99,6 +103,8 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 503: the store failed under `on_error: deny`.
+    pub unavailable: Reply,
     /// 409.
     pub idempotency_conflict: Reply,
     /// 422.
@@ -136,6 +142,7 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::Unavailable => &self.unavailable,
             Rejection::IdempotencyConflict => &self.idempotency_conflict,
             Rejection::IdempotencyMismatch => &self.idempotency_mismatch,
             Rejection::IdempotencyTooLarge => &self.idempotency_too_large,

@@ -27,6 +27,22 @@ pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
 pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
+/// Time of one call to the Redis store, in seconds.
+pub const STORE_DURATION: &str = "sluice_store_duration_seconds";
+/// Failed Redis store calls by kind (`timeout`, `unavailable`).
+pub const STORE_ERRORS: &str = "sluice_store_errors_total";
+/// Requests let through unchecked because the store failed (`on_error: allow`).
+pub const STORE_FAIL_OPEN: &str = "sluice_store_fail_open_total";
+/// Requests answered 503 because the store failed (`on_error: deny`).
+pub const STORE_FAIL_CLOSED: &str = "sluice_store_fail_closed_total";
+/// Decisions taken on this replica's local share because Redis failed (`on_error: local`).
+pub const STORE_LOCAL_DECISIONS: &str = "sluice_store_local_decisions_total";
+/// 1 while the Redis store's circuit breaker is open (Redis not called), else 0.
+pub const STORE_BREAKER_OPEN: &str = "sluice_store_breaker_open";
+/// Live replicas sharing the Redis store, from their heartbeats.
+pub const STORE_REPLICAS: &str = "sluice_store_replicas";
+/// Rejections answered from the local memory of callers already over a limit (no Redis call).
+pub const STORE_CACHED_REJECTIONS: &str = "sluice_store_cached_rejections_total";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -66,19 +82,22 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// The store failed and `on_error: deny` answered 503.
+    Unavailable = 5,
     /// Answered with the stored response of an idempotency key.
-    Replayed = 5,
+    Replayed = 6,
     /// Refused under the idempotency rules (409, 422, 413).
-    Refused = 6,
+    Refused = 7,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 7] = [
+    const ALL: [Verdict; 8] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::Unavailable,
         Verdict::Replayed,
         Verdict::Refused,
     ];
@@ -91,6 +110,7 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
+            Verdict::Unavailable => "unavailable",
             Verdict::Replayed => "replayed",
             Verdict::Refused => "refused",
         }
@@ -210,6 +230,46 @@ pub fn store_overflow() {
     metrics::counter!(STORE_OVERFLOW).increment(1);
 }
 
+/// Times one Redis store call.
+pub fn store_duration(elapsed: std::time::Duration) {
+    metrics::histogram!(STORE_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Counts a failed store call.
+pub fn store_error(kind: &'static str) {
+    metrics::counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Counts a request let through because the store failed.
+pub fn store_fail_open() {
+    metrics::counter!(STORE_FAIL_OPEN).increment(1);
+}
+
+/// Counts a request answered 503 because the store failed.
+pub fn store_fail_closed() {
+    metrics::counter!(STORE_FAIL_CLOSED).increment(1);
+}
+
+/// Counts a decision taken on the local share.
+pub fn store_local_decision() {
+    metrics::counter!(STORE_LOCAL_DECISIONS).increment(1);
+}
+
+/// Sets the breaker gauge.
+pub fn store_breaker(open: bool) {
+    metrics::gauge!(STORE_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+/// Sets the live replica gauge.
+pub fn store_replicas(live: u32) {
+    metrics::gauge!(STORE_REPLICAS).set(f64::from(live));
+}
+
+/// Counts a rejection answered from the local over-limit memory.
+pub fn store_cached_rejection() {
+    metrics::counter!(STORE_CACHED_REJECTIONS).increment(1);
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -230,6 +290,19 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
+    for kind in ["timeout", "unavailable"] {
+        metrics::counter!(STORE_ERRORS, "kind" => kind).absolute(0);
+    }
+    for counter in [
+        STORE_FAIL_OPEN,
+        STORE_FAIL_CLOSED,
+        STORE_LOCAL_DECISIONS,
+        STORE_CACHED_REJECTIONS,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    metrics::gauge!(STORE_BREAKER_OPEN).set(0.0);
+    metrics::gauge!(STORE_REPLICAS).set(1.0);
     for outcome in IDEMPOTENCY_OUTCOMES {
         metrics::counter!(IDEMPOTENCY, "outcome" => outcome).absolute(0);
     }
@@ -266,6 +339,36 @@ fn describe() {
     describe_counter!(
         STORE_OVERFLOW,
         "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "Time of one call to the Redis store."
+    );
+    describe_counter!(STORE_ERRORS, "Failed Redis store calls by kind.");
+    describe_counter!(
+        STORE_FAIL_OPEN,
+        "Requests let through unchecked because the store failed (on_error: allow)."
+    );
+    describe_counter!(
+        STORE_FAIL_CLOSED,
+        "Requests answered 503 because the store failed (on_error: deny)."
+    );
+    describe_counter!(
+        STORE_LOCAL_DECISIONS,
+        "Decisions taken on this replica's share because Redis failed (on_error: local)."
+    );
+    describe_gauge!(
+        STORE_BREAKER_OPEN,
+        "1 while the Redis store's circuit breaker is open, else 0."
+    );
+    describe_gauge!(
+        STORE_REPLICAS,
+        "Live replicas sharing the Redis store, from their heartbeats."
+    );
+    describe_counter!(
+        STORE_CACHED_REJECTIONS,
+        "Rejections answered from memory of callers already over a limit (no Redis call)."
     );
     describe_counter!(IDEMPOTENCY, "Idempotency-key outcomes.");
     describe_gauge!(

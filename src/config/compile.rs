@@ -14,7 +14,8 @@ use sha2::Digest as _;
 use super::file::{self, AlgorithmName, File, KeyEntry, LimitFile, LimitValue, Scope};
 use super::units::{ByteSize, Rate};
 use super::{
-    Config, LogSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings, UpstreamTarget,
+    Config, LogSettings, RedisSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings,
+    UpstreamTarget,
 };
 use crate::idempotency;
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
@@ -50,6 +51,8 @@ struct Compiler {
     problems: Vec<Problem>,
     source: Source,
     defaults: (AlgorithmName, Scope),
+    /// Limits must fit the Redis script's arithmetic.
+    redis: bool,
 }
 
 /// A route limit before overrides: everything but where it ends up.
@@ -72,7 +75,14 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
         problems: Vec::new(),
         source: Source::Main,
         defaults: (file.defaults.algorithm, file.defaults.per),
+        redis: file.store.backend == file::Backend::Redis,
     };
+    if let (true, Some(url)) = (c.redis, &file.store.url) {
+        // Before any subject (an org below) is hashed: every replica pointed at this
+        // Redis and prefix must count a caller under the same counter.
+        let prefix = file.store.prefix.as_deref().unwrap_or("sluice");
+        crate::identity::share_subject_secret(format!("{url}\0{prefix}").as_bytes());
+    }
 
     let routes_and_specs = c.routes(&file.routes);
     let route_limit_names: BTreeMap<Arc<str>, (usize, usize)> = routes_and_specs
@@ -234,7 +244,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
 
 impl Compiler {
     fn problem(&mut self, path: String, message: String) {
-        self.problems.push(Problem {
+        self.push(Problem {
             source: self.source,
             path,
             at_key: false,
@@ -243,12 +253,20 @@ impl Compiler {
     }
 
     fn key_problem(&mut self, path: String, message: String) {
-        self.problems.push(Problem {
+        self.push(Problem {
             source: self.source,
             path,
             at_key: true,
             message,
         });
+    }
+
+    /// Records a problem once: a route limit is compiled for every plan, and its problem
+    /// should not be reported once per plan.
+    fn push(&mut self, problem: Problem) {
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
     /// Routes with their limit specs (`None` = exempt).
@@ -436,6 +454,11 @@ impl Compiler {
                     spec.name
                 ),
             );
+        }
+        if self.redis {
+            if let Err(why) = crate::limiter::store::redis::supports(&quota, cost) {
+                self.problem(path.into(), format!("limit \"{}\": {why}", spec.name));
+            }
         }
         let capacity = if algorithm == Algorithm::TokenBucket {
             burst
@@ -808,6 +831,12 @@ impl Compiler {
                 file.upstream_timeout.as_ref(),
                 (504, response::DEFAULT_UPSTREAM_TIMEOUT),
             ),
+            unavailable: reply(
+                self,
+                "unavailable",
+                file.unavailable.as_ref(),
+                (503, response::DEFAULT_UNAVAILABLE),
+            ),
             idempotency_conflict: reply(
                 self,
                 "idempotency_conflict",
@@ -919,10 +948,72 @@ impl Compiler {
                 "must be greater than zero".into(),
             );
         }
+        let redis = self.redis_store(file);
         StoreSettings {
             max_entries,
             sweep_interval,
+            redis,
         }
+    }
+
+    fn redis_store(&mut self, file: &file::StoreFile) -> Option<RedisSettings> {
+        use crate::limiter::store::OnError;
+        if file.backend != file::Backend::Redis {
+            for (name, set) in [
+                ("url", file.url.is_some()),
+                ("timeout", file.timeout.is_some()),
+                ("on_error", file.on_error.is_some()),
+                ("prefix", file.prefix.is_some()),
+            ] {
+                if set {
+                    self.key_problem(
+                        format!("store.{name}"),
+                        "applies to `backend: redis` only".into(),
+                    );
+                }
+            }
+            return None;
+        }
+        let url = match &file.url {
+            None => {
+                self.problem(
+                    "store.url".into(),
+                    "`backend: redis` needs a `url`, e.g. redis://127.0.0.1:6379".into(),
+                );
+                String::new()
+            }
+            Some(url) => {
+                if let Err(error) = redis::Client::open(url.as_str()) {
+                    self.problem(
+                        "store.url".into(),
+                        format!("not a usable Redis URL ({error}); expected redis://[:PASSWORD@]HOST[:PORT][/DB]"),
+                    );
+                }
+                url.clone()
+            }
+        };
+        let timeout = file.timeout.map_or(Duration::from_millis(50), |d| d.0);
+        if timeout.is_zero() {
+            self.problem("store.timeout".into(), "must be greater than zero".into());
+        }
+        let prefix = file.prefix.clone().unwrap_or_else(|| "sluice".into());
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
+            self.problem(
+                "store.prefix".into(),
+                "must be non-empty and hold no `{` or `}` (sluice wraps it in braces as the Redis Cluster hash tag)".into(),
+            );
+        }
+        let on_error = match file.on_error.unwrap_or(file::OnError::Allow) {
+            file::OnError::Allow => OnError::Allow,
+            file::OnError::Deny => OnError::Deny,
+            file::OnError::Local => OnError::Local,
+        };
+        Some(RedisSettings {
+            url,
+            timeout,
+            on_error,
+            prefix,
+        })
     }
 }
 

@@ -497,6 +497,9 @@ pub struct Responses {
     /// Upstream too slow (504).
     #[serde(default)]
     pub upstream_timeout: Option<ResponseFile>,
+    /// The limit store failed and `store.on_error` is `deny` (503).
+    #[serde(default)]
+    pub unavailable: Option<ResponseFile>,
     /// A request with the same idempotency key is still in flight (409).
     #[serde(default)]
     pub idempotency_conflict: Option<ResponseFile>,
@@ -557,15 +560,27 @@ pub struct ResponseFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    /// `memory`.
+    /// `memory` (default) or `redis`.
     #[serde(default = "default_backend")]
     pub backend: Backend,
-    /// Cap on tracked counters (memory store).
+    /// Cap on tracked counters (memory store; with redis, the local fallback and caches).
     #[serde(default)]
     pub max_entries: Option<usize>,
     /// How often idle counters are swept (default 10s).
     #[serde(default)]
     pub sweep_interval: Option<HumanDuration>,
+    /// Redis URL, `redis://[:PASSWORD@]HOST[:PORT][/DB]` (redis only).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Bound on every Redis call (redis only, default 50ms).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// What a request gets when Redis fails (redis only, default `allow`).
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+    /// Key prefix, also the Redis Cluster hash tag (redis only, default `sluice`).
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 impl Default for StoreFile {
@@ -574,6 +589,10 @@ impl Default for StoreFile {
             backend: default_backend(),
             max_entries: None,
             sweep_interval: None,
+            url: None,
+            timeout: None,
+            on_error: None,
+            prefix: None,
         }
     }
 }
@@ -588,6 +607,20 @@ fn default_backend() -> Backend {
 pub enum Backend {
     /// Embedded, per process.
     Memory,
+    /// Shared by every replica through Redis.
+    Redis,
+}
+
+/// What a request gets when the Redis store fails or times out.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let it through (fail open), counted in `sluice_store_fail_open_total`.
+    Allow,
+    /// Answer 503 with `responses.unavailable`.
+    Deny,
+    /// Enforce this replica's share of each limit locally.
+    Local,
 }
 
 /// Logging.

@@ -126,3 +126,66 @@ fn a_syntax_error_has_a_place() {
         e[0]
     );
 }
+
+#[test]
+fn redis_store_settings_compile_and_problems_name_their_place() {
+    let ok = load_str(
+        "upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://:secret@127.0.0.1:6379/2\", timeout: 20ms, on_error: local, prefix: api }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    let redis = ok.store.redis.unwrap();
+    assert_eq!(redis.timeout, std::time::Duration::from_millis(20));
+    assert_eq!(redis.on_error, crate::limiter::store::OnError::Local);
+    assert_eq!(redis.redacted_url(), "redis://***@127.0.0.1:6379/2");
+    let defaults = load_str(
+        "upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://127.0.0.1\" }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap()
+    .store
+    .redis
+    .unwrap();
+    assert_eq!(
+        (
+            defaults.timeout,
+            defaults.on_error,
+            defaults.prefix.as_str()
+        ),
+        (
+            std::time::Duration::from_millis(50),
+            crate::limiter::store::OnError::Allow,
+            "sluice"
+        )
+    );
+
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { url: \"redis://127.0.0.1\" }\n");
+    assert_eq!(
+        e,
+        vec!["t.yaml:2:10: store.url: applies to `backend: redis` only"]
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"http://x\", prefix: \"a{b}\" }\n");
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("store.url: not a usable Redis URL")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("store.prefix: must be non-empty")),
+        "{e:#?}"
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { backend: redis }\n");
+    assert!(
+        e[0].contains("store.url: `backend: redis` needs a `url`"),
+        "{e:#?}"
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://h\" }\nroutes:\n  - { name: a, limit: 10/1.5us }\n");
+    assert!(
+        e[0].contains("limit \"a\": the redis store counts periods in whole microseconds"),
+        "{e:#?}"
+    );
+}

@@ -6,6 +6,7 @@
 //! a future. The store owns no policy: which limits apply is decided before it is called.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +31,28 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// What a request gets when the store fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Let it through (fail open).
+    Allow,
+    /// Answer 503 (`responses.unavailable`).
+    Deny,
+    /// Enforce this replica's share of each limit locally (the store answers it).
+    Local,
+}
+
+impl OnError {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Local => "local",
         }
     }
 }
@@ -72,4 +95,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Backend name for logs and `/readyz`.
     fn name(&self) -> &'static str;
+
+    /// What a request gets when `check` fails (`Local` never fails).
+    fn on_error(&self) -> OnError {
+        OnError::Allow
+    }
+
+    /// One line on the store's health for `/readyz`.
+    fn status(&self) -> String {
+        "ok".to_string()
+    }
 }

@@ -108,3 +108,19 @@ fn denied_plans_and_default_algorithm() {
         Algorithm::SlidingWindow
     );
 }
+
+#[test]
+fn a_route_limit_problem_is_reported_once_whatever_the_number_of_plans() {
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }
+plans: { pro: {}, business: {} }
+routes:
+  - { name: r, limit: { rate: 2000000/min, algorithm: sliding_window } }
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert!(errors.0[0].message.contains("at most 1048575"), "{errors}");
+}

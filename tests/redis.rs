@@ -1,0 +1,234 @@
+//! Several real sluice processes sharing one real `redis-server`: exact cluster-wide
+//! limits, and the drills of Redis dying and coming back under each `on_error`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::StatusCode;
+use support::{eventually, Redis, Sluice};
+
+fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
+    format!(
+        "\
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstream: {{ url: \"http://{upstream}\" }}
+unknown_key: {{ plan: default }}
+store: {{ backend: redis, url: \"{url}\", timeout: 50ms, on_error: {on_error} }}
+routes:
+{routes}",
+        url = redis.url()
+    )
+}
+
+fn start(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
+    let dir = support::dir();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, text).unwrap();
+    let replicas = (0..n).map(|_| Sluice::start(&path, &[])).collect();
+    (dir, replicas)
+}
+
+/// `total` requests for `path` with `key`, over 64 connections spread across `replicas`;
+/// the count of each status.
+async fn storm(replicas: &[Sluice], path: &str, key: &str, total: usize) -> Vec<StatusCode> {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let addr = replicas[i % replicas.len()].listen;
+        let (sent, path, key) = (sent.clone(), path.to_string(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = support::Conn::open(addr).await;
+            let mut statuses = Vec::new();
+            while sent.fetch_add(1, Ordering::Relaxed) < total {
+                let reply = conn.get(&path, &key).await.expect("sluice answers");
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+/// Requests one at a time to each replica in turn; the statuses.
+async fn one_by_one(replicas: &[Sluice], path: &str, key: &str, n: usize) -> Vec<StatusCode> {
+    let mut conns = Vec::new();
+    for r in replicas {
+        conns.push(r.connect().await);
+    }
+    let mut statuses = Vec::new();
+    let replicas = conns.len();
+    for i in 0..n {
+        let reply = conns[i % replicas].get(path, key).await.unwrap();
+        statuses.push(reply.status);
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
+    let upstream = support::upstream().await;
+    let redis = Redis::start();
+    // Long periods: no window turns and no token refills while the test runs.
+    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 50/d, algorithm: fixed_window } }
+  - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
+  - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
+";
+    let (_dir, replicas) = start(3, &config(upstream, &redis, "deny", routes));
+    for path in ["/fixed", "/sliding", "/bucket"] {
+        let statuses = storm(&replicas, path, "shared-key", 300).await;
+        assert_eq!(statuses.len(), 300);
+        assert_eq!(count(&statuses, StatusCode::OK), 50, "{path}");
+        assert_eq!(
+            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+            250,
+            "{path}"
+        );
+    }
+    // Callers already over their limit were answered from memory, without Redis.
+    let mut remembered = 0.0;
+    for r in &replicas {
+        remembered += r
+            .metric("sluice_store_cached_rejections_total")
+            .await
+            .unwrap();
+    }
+    assert!(remembered > 0.0, "no rejection was answered from memory");
+    // Another caller has its own quota.
+    let other = storm(&replicas, "/fixed", "other-key", 60).await;
+    assert_eq!(count(&other, StatusCode::OK), 50);
+    for r in &replicas {
+        let (status, body) = r.admin("GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("store=redis (redis connected"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_fails_open_while_redis_is_down_and_enforces_again_after() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes = "  - { name: api, match: { path: /api }, limit: 20/h }\n";
+    let (_dir, replicas) = start(1, &config(upstream, &redis, "allow", routes));
+    let sluice = &replicas[0];
+    let before = one_by_one(&replicas, "/api", "k1", 25).await;
+    assert_eq!(count(&before, StatusCode::OK), 20);
+
+    redis.kill();
+    let during = storm(&replicas, "/api", "k2", 200).await;
+    assert_eq!(
+        count(&during, StatusCode::OK),
+        200,
+        "fail open: every request passes"
+    );
+    eventually("the breaker to open", async || {
+        sluice.metric("sluice_store_breaker_open").await == Some(1.0)
+    })
+    .await;
+    assert!(sluice.metric("sluice_store_fail_open_total").await >= Some(200.0));
+    assert!(
+        sluice
+            .metric("sluice_store_errors_total{kind=\"unavailable\"}")
+            .await
+            .unwrap_or(0.0)
+            + sluice
+                .metric("sluice_store_errors_total{kind=\"timeout\"}")
+                .await
+                .unwrap_or(0.0)
+            >= 3.0
+    );
+    let (_, ready) = sluice.admin("GET", "/readyz", None).await;
+    assert!(ready.contains("breaker open"), "{ready}");
+    assert!(sluice.log_text().contains("circuit breaker open"));
+
+    redis.restart();
+    eventually("the breaker to close", async || {
+        sluice.metric("sluice_store_breaker_open").await == Some(0.0)
+    })
+    .await;
+    let after = one_by_one(&replicas, "/api", "k3", 25).await;
+    assert_eq!(count(&after, StatusCode::OK), 20, "enforced again");
+    assert!(sluice.log_text().contains("circuit breaker closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_answers_503_and_never_admits_beyond_the_limit() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes = "  - { name: api, match: { path: /api }, limit: 5/h }\n";
+    let (_dir, replicas) = start(1, &config(upstream, &redis, "deny", routes));
+    let sluice = &replicas[0];
+    assert_eq!(
+        count(&one_by_one(&replicas, "/api", "k", 3).await, StatusCode::OK),
+        3
+    );
+
+    redis.kill();
+    let mut conn = sluice.connect().await;
+    for _ in 0..20 {
+        let reply = conn.get("/api", "k").await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            reply.body.contains("\"title\":\"Service Unavailable\""),
+            "{}",
+            reply.body
+        );
+        assert!(reply.header("x-request-id").is_some());
+    }
+    assert!(sluice.metric("sluice_store_fail_closed_total").await >= Some(20.0));
+    assert!(
+        sluice
+            .metric(
+                "sluice_requests_total{route=\"api\",plan=\"default\",decision=\"unavailable\"}"
+            )
+            .await
+            >= Some(20.0)
+    );
+
+    redis.restart();
+    eventually("the breaker to close", async || {
+        sluice.metric("sluice_store_breaker_open").await == Some(0.0)
+    })
+    .await;
+    // The restarted Redis is empty: the key gets a whole quota, and not one request more.
+    let after = one_by_one(&replicas, "/api", "k", 10).await;
+    assert_eq!(count(&after, StatusCode::OK), 5);
+    assert_eq!(count(&after, StatusCode::TOO_MANY_REQUESTS), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_keeps_each_replica_to_its_share() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes = "  - { name: api, match: { path: /api }, limit: 30/h }\n";
+    let (_dir, replicas) = start(3, &config(upstream, &redis, "local", routes));
+    for r in &replicas {
+        eventually("every replica to see three", async || {
+            r.metric("sluice_store_replicas").await == Some(3.0)
+        })
+        .await;
+    }
+    let before = storm(&replicas, "/api", "k", 15).await;
+    assert_eq!(count(&before, StatusCode::OK), 15);
+
+    redis.kill();
+    let during = storm(&replicas, "/api", "k", 300).await;
+    let admitted = count(&during, StatusCode::OK);
+    // Each replica enforces 30 / 3 = 10 on its own: at most the limit plus one share each.
+    assert_eq!(admitted, 30, "three local shares of 10");
+    assert!(15 + admitted <= 30 + 3 * 10);
+    for r in &replicas {
+        assert!(r.metric("sluice_store_local_decisions_total").await >= Some(10.0));
+    }
+}
