@@ -96,6 +96,17 @@ impl Record {
             .sum();
         (self.body.len() + headers) as u64
     }
+
+    /// The stored response as a reply: its status, headers and body, marked replayed.
+    pub fn replay(&self) -> Response<Body> {
+        let mut response = Response::new(Body::full(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        response
+    }
 }
 
 /// What the store holds for a key, as seen by a new request.
@@ -195,19 +206,6 @@ pub enum Early {
     Refuse(Rejection),
     /// The request body could not be read (the client went away or broke the framing).
     Unreadable,
-}
-
-impl Early {
-    /// The stored response as a reply: its status, headers and body, marked replayed.
-    pub fn replay(record: &Record) -> Response<Body> {
-        let mut response = Response::new(Body::full(record.body.clone()));
-        *response.status_mut() = record.status;
-        *response.headers_mut() = record.headers.clone();
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-        response
-    }
 }
 
 /// The idempotency layer of the gateway: the record store and the request-side rules.

@@ -219,7 +219,7 @@ impl Gateway {
         }
         let (response, verdict) = match early {
             Early::Replay(record) => {
-                let mut response = Early::replay(&record);
+                let mut response = record.replay();
                 let headers = response.headers_mut();
                 let responses = &reply.config.responses;
                 responses.write_limit_headers(headers, Some(&decision), limits, reply.now);

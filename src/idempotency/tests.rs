@@ -225,7 +225,7 @@ async fn a_response_is_recorded_as_it_streams_and_replays_identically() {
     assert!(!record.headers.contains_key("x-ratelimit-limit"));
     assert_eq!(parts.headers.get("x-ratelimit-limit").unwrap(), "10");
 
-    let replay = Early::replay(&record);
+    let replay = record.replay();
     assert_eq!(replay.status(), StatusCode::CREATED);
     assert_eq!(replay.headers()[&IDEMPOTENT_REPLAYED], "true");
     let replayed = replay.into_body().collect().await.unwrap().to_bytes();
