@@ -1,9 +1,10 @@
 //! Body types: responses (sluice's own bytes, or the upstream's stream passed through) and
-//! requests sent upstream (the client's stream, or a body read whole to hash it).
+//! requests (the client's stream, cut off past the route's `max_body`, or a body read whole
+//! to hash it for an idempotency key).
 //!
-//! Upstream bodies are never buffered: frames flow from the upstream connection to the
-//! client as they arrive. A body being recorded for an idempotency key is copied as it
-//! passes, never held back.
+//! Bodies are never buffered otherwise: frames flow from one connection to the other as
+//! they arrive. A response recorded for an idempotency key is copied as it passes, never
+//! held back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -89,61 +90,94 @@ impl http_body::Body for Body {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body sent upstream.
+    /// A request body on its way upstream.
     #[project = RequestBodyProj]
     pub enum RequestBody {
-        /// The client's body, streamed.
-        Incoming { #[pin] inner: Incoming },
+        /// The client's stream, ended with [`TooLarge`] once it passes `limit` bytes (for
+        /// bodies whose size the headers did not announce).
+        Stream {
+            #[pin]
+            inner: Incoming,
+            remaining: u64,
+            limit: u64,
+        },
         /// A body read whole (to hash it for an idempotency key).
-        Full { data: Option<Bytes> },
+        Whole { data: Option<Bytes> },
     }
 }
 
+/// The request body passed the route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct TooLarge {
+    /// The route's `max_body`.
+    pub limit: u64,
+}
+
 impl RequestBody {
-    /// The client's body, streamed.
-    pub fn incoming(inner: Incoming) -> Self {
-        RequestBody::Incoming { inner }
+    /// `inner`, allowed at most `limit` bytes (`None`: unlimited).
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        let limit = limit.unwrap_or(u64::MAX);
+        RequestBody::Stream {
+            inner,
+            remaining: limit,
+            limit,
+        }
     }
 
-    /// A complete body.
-    pub fn full(data: Bytes) -> Self {
-        RequestBody::Full {
+    /// A body already read whole.
+    pub fn whole(data: Bytes) -> Self {
+        RequestBody::Whole {
             data: (!data.is_empty()).then_some(data),
         }
     }
 }
 
-impl From<Incoming> for RequestBody {
-    fn from(inner: Incoming) -> Self {
-        RequestBody::incoming(inner)
-    }
-}
-
 impl http_body::Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            RequestBodyProj::Incoming { inner } => inner.poll_frame(cx),
-            RequestBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let (inner, remaining, limit) = match self.project() {
+            RequestBodyProj::Whole { data } => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+            }
+            RequestBodyProj::Stream {
+                inner,
+                remaining,
+                limit,
+            } => (inner, remaining, limit),
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > *remaining {
+                    let limit = *limit;
+                    return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
+                }
+                *remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Incoming { inner } => inner.is_end_stream(),
-            RequestBody::Full { data } => data.is_none(),
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+            RequestBody::Whole { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Incoming { inner } => inner.size_hint(),
-            RequestBody::Full { data } => {
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+            RequestBody::Whole { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

@@ -14,6 +14,7 @@ pub mod units;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
@@ -38,7 +39,7 @@ pub enum Source {
 /// Where allowed traffic goes.
 #[derive(Clone, Debug)]
 pub enum UpstreamTarget {
-    /// A plain HTTP upstream; the path of the URI is a prefix for every request.
+    /// An `http://` or `https://` upstream; the path of the URI is a prefix for every request.
     Http(Uri),
     /// The built-in demo upstream, answering every allowed request itself.
     Demo,
@@ -68,6 +69,50 @@ pub struct UpstreamSettings {
     pub idle_timeout: Duration,
     /// `Host` header policy.
     pub host: HostHeader,
+    /// HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
+    pub http2: bool,
+    /// For an `https://` upstream: roots, client certificate (ALPN is set by the client).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// SNI and verified name, when not the URL's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+/// Inbound TLS: the certificate files and what was read from them at load.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// The certificate as loaded, so a file that breaks after the check cannot stop a start.
+    pub loaded: Arc<rustls::sign::CertifiedKey>,
+    /// SHA-256 of the files as loaded.
+    pub digest: [u8; 32],
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits that protect the listener from misbehaving clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once; past it, accepting pauses.
+    pub max_connections: usize,
+    /// Time to send a request's whole header block (and to finish the TLS handshake and
+    /// send the first request).
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request header block, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
 }
 
 /// Store settings.
@@ -120,6 +165,10 @@ pub struct LogSettings {
 pub struct Config {
     /// Proxy listener.
     pub listen: SocketAddr,
+    /// Inbound TLS on `listen`, when configured.
+    pub tls: Option<TlsSettings>,
+    /// Limits against misbehaving clients.
+    pub limits: ConnectionLimits,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Upstream settings.
@@ -234,7 +283,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Compiles config text; `name` is used in messages, `dir` resolves a relative `keys_file`.
 pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let file: file::File = parse(text, name)?;
+    let mut file: file::File = parse(text, name)?;
+    if let Some(dir) = dir {
+        resolve_paths(&mut file, dir);
+    }
     let (keys, keys_name, keys_text) = match &file.keys_file {
         None => (Vec::new(), String::new(), String::new()),
         Some(keys_path) => {
@@ -302,6 +354,27 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         errors.sort_by_key(|e| (e.file != name, e.line, e.column));
         ConfigErrors(errors)
     })
+}
+
+/// Joins the relative file paths of a config to the config's directory.
+fn resolve_paths(file: &mut file::File, dir: &Path) {
+    let join = |path: &mut String| {
+        if Path::new(path.as_str()).is_relative() {
+            *path = dir.join(path.as_str()).display().to_string();
+        }
+    };
+    if let Some(tls) = &mut file.tls {
+        join(&mut tls.cert);
+        join(&mut tls.key);
+    }
+    if let Some(tls) = &mut file.upstream.tls {
+        for path in [&mut tls.ca_file, &mut tls.cert, &mut tls.key]
+            .into_iter()
+            .flatten()
+        {
+            join(path);
+        }
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Result<T, ConfigErrors> {

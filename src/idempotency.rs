@@ -25,10 +25,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::Config;
 use crate::identity::{Identifier, Identity, Kind};
 use crate::limiter::clock::Nanos;
@@ -231,10 +230,10 @@ impl Idempotency {
         identity: &Identity,
         client_ip: IpAddr,
         parts: &Parts,
-        body: Incoming,
+        body: RequestBody,
         now: Nanos,
     ) -> Result<(RequestBody, Pending), Early> {
-        let untouched = |body: Incoming| Ok((RequestBody::incoming(body), Pending::none()));
+        let untouched = |body| Ok((body, Pending::none()));
         let Some((route, rule)) = route.and_then(|r| {
             let rule = config.idempotency.routes.get(r)?.as_ref()?;
             Some((&*config.policy.routes[r].name, rule))
@@ -253,13 +252,13 @@ impl Idempotency {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > rule.max_body) {
-            return Err(refuse(Rejection::IdempotencyTooLarge, "too_large"));
+            return Err(refuse(Rejection::PayloadTooLarge, "too_large"));
         }
         let limit = usize::try_from(rule.max_body).unwrap_or(usize::MAX);
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<LengthLimitError>() => {
-                return Err(refuse(Rejection::IdempotencyTooLarge, "too_large"));
+            Err(error) if error.is::<LengthLimitError>() || error.is::<TooLarge>() => {
+                return Err(refuse(Rejection::PayloadTooLarge, "too_large"));
             }
             Err(_) => return Err(Early::Unreadable),
         };
@@ -278,7 +277,7 @@ impl Idempotency {
         match claimed.await {
             Ok(Claimed::Owned(token)) => {
                 let claim = Pending::claimed(self.store.clone(), key, token, rule.max_body);
-                Ok((RequestBody::full(bytes), claim))
+                Ok((RequestBody::whole(bytes), claim))
             }
             Ok(Claimed::Stored(record)) => {
                 count("replayed");
@@ -290,7 +289,7 @@ impl Idempotency {
                 // Like the limiter, a failing store lets the request through: logged, counted.
                 tracing::warn!(%error, "idempotency store failed; forwarding without a record");
                 count("error");
-                Ok((RequestBody::full(bytes), Pending::none()))
+                Ok((RequestBody::whole(bytes), Pending::none()))
             }
         }
     }

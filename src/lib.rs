@@ -2,7 +2,8 @@
 //!
 //! A request walks one way through these modules:
 //!
-//! - [`server`]: accepts connections, speaks HTTP, drains on shutdown.
+//! - [`server`]: accepts connections, terminates TLS, speaks HTTP, guards against hostile
+//!   clients, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
 //! - [`idempotency`]: routes that take `Idempotency-Key`: replay a retry, never resend it.
 //! - [`identity`]: who is calling (API key, key registry, client IP).
@@ -10,10 +11,12 @@
 //! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
 //! - [`response`]: rate-limit headers and the configured replies.
 //! - [`upstream`]: forwarding to the upstream API, streaming both ways.
+//! - [`tunnel`]: protocol upgrades (WebSocket) spliced after a checked handshake.
 //!
 //! Around it: [`config`] loads and compiles the YAML, [`reload`] swaps in a new config
 //! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
-//! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`.
+//! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`,
+//! [`tls`] loads and reloads certificates.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +33,8 @@ pub mod reload;
 pub mod response;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::future::Future;
@@ -47,7 +52,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let listener = server::bind(config.listen).await?;
+    let tcp = server::bind(config.listen).await?;
     let admin_listener = server::bind(config.admin_listen).await?;
     let (routes, keys) = (
         config.policy.routes.len(),
@@ -65,6 +70,14 @@ pub async fn run(
     };
     let sweep_every = config.store.sweep_interval;
     let drain = config.shutdown_timeout;
+    let certificate = config.tls.as_ref().map(tls::Certificate::new);
+    let listener = server::Listener {
+        tcp,
+        tls: certificate.as_ref().map(tls::Certificate::acceptor),
+        limits: config.limits.clone(),
+    };
+    let config_tls = certificate.is_some();
+    let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
@@ -72,7 +85,8 @@ pub async fn run(
     let hangups = tokio::spawn(reload::on_hangup(reloader.clone())?);
     let watcher = tokio::spawn(reloader.clone().watch());
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %listener.tcp.local_addr()?,
+        tls = config_tls,
         admin = %admin_listener.local_addr()?,
         routes,
         keys,
@@ -101,6 +115,9 @@ pub async fn run(
     sweeper.abort();
     admin.abort();
     watcher.abort();
+    if let Some(cert_watcher) = cert_watcher {
+        cert_watcher.abort();
+    }
     #[cfg(unix)]
     hangups.abort();
     Ok(())

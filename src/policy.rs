@@ -76,6 +76,8 @@ pub struct Route {
     pub host: Option<HostPattern>,
     /// Units one request takes.
     pub cost: u32,
+    /// Largest request body in bytes; a larger one gets 413.
+    pub max_body: Option<u64>,
 }
 
 impl Route {

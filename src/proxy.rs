@@ -84,17 +84,19 @@ impl Gateway {
         }
     }
 
-    /// Handles one request from `peer`.
+    /// Handles one request from `peer`, which came over TLS when `tls`.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<Body>, Infallible> {
         let snapshot = self.snapshot.load_full();
         let config = &snapshot.config;
         let policy = &config.policy;
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
+        crate::tunnel::Hold::attach(&mut parts);
         let request_id = self.request_ids.ensure(&mut parts.headers);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
@@ -108,6 +110,19 @@ impl Gateway {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
         };
+
+        // A body announced larger than the route takes is refused before anything counts it;
+        // one that grows past it unannounced is cut off on its way upstream.
+        let max_body = route.and_then(|r| policy.routes[r].max_body);
+        if max_body.is_some_and(|max| announced_length(&parts.headers) > max) {
+            return Ok(self.finish(
+                reply.reject(Rejection::PayloadTooLarge, None, &[]),
+                &reply,
+                Verdict::TooLarge,
+                false,
+            ));
+        }
+        let body = RequestBody::new(body, max_body);
 
         let identity = match policy.identifier.identify(&parts, client_ip) {
             Ok(identity) => identity,
@@ -150,7 +165,16 @@ impl Gateway {
         };
         let Some(limits) = limits else {
             let response = self
-                .forward(&snapshot, parts, body, pending, peer, None, &[], &reply)
+                .forward(
+                    &snapshot,
+                    parts,
+                    body,
+                    pending,
+                    (peer, tls),
+                    None,
+                    &[],
+                    &reply,
+                )
                 .await;
             return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
@@ -187,7 +211,7 @@ impl Gateway {
                 parts,
                 body,
                 pending,
-                peer,
+                (peer, tls),
                 Some(&decision),
                 limits,
                 &reply,
@@ -227,7 +251,10 @@ impl Gateway {
             }
             Early::Refuse(rejection) => (
                 reply.reject(rejection, Some(&decision), limits),
-                Verdict::Refused,
+                match rejection {
+                    Rejection::PayloadTooLarge => Verdict::TooLarge,
+                    _ => Verdict::Refused,
+                },
             ),
             Early::Unreadable => {
                 let mut response = Response::new(Body::empty());
@@ -242,10 +269,10 @@ impl Gateway {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: RequestBody,
         pending: Pending,
-        peer: SocketAddr,
+        (peer, tls): (SocketAddr, bool),
         decision: Option<&Decision>,
         limits: &[Limit],
         reply: &Reply<'_>,
@@ -253,8 +280,9 @@ impl Gateway {
         let forwarded = Forwarded {
             peer: peer.ip(),
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
-            proto: "http",
+            proto: if tls { "https" } else { "http" },
         };
+        let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let started = self.clock.now();
         let result = pending
             .forward(&snapshot.upstream, parts, body, forwarded)
@@ -264,6 +292,9 @@ impl Gateway {
             .record(nanos_to_secs(self.clock.now().saturating_sub(started)));
         match result {
             Ok(mut response) => {
+                if let Some(tunnel) = tunnel {
+                    tunnel.open(&mut response);
+                }
                 snapshot.config.responses.write_limit_headers(
                     response.headers_mut(),
                     decision,
@@ -272,12 +303,16 @@ impl Gateway {
                 );
                 response
             }
+            Err(UpstreamError::BodyTooLarge(error)) => {
+                tracing::debug!(%error, request_id = reply.request_id, "request body cut off");
+                reply.reject(Rejection::PayloadTooLarge, decision, limits)
+            }
             Err(error) => {
                 telemetry::upstream_error(error.kind());
                 tracing::warn!(%error, request_id = reply.request_id, "upstream failed");
                 let rejection = match error {
                     UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
-                    UpstreamError::Unavailable { .. } => Rejection::UpstreamUnavailable,
+                    _ => Rejection::UpstreamUnavailable,
                 };
                 reply.reject(rejection, decision, limits)
             }
@@ -344,6 +379,15 @@ impl Reply<'_> {
         };
         self.config.responses.render(rejection, &context)
     }
+}
+
+/// The `Content-Length` a request announced (0 when none: its body is checked as it streams).
+fn announced_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn nanos_to_secs(nanos: Nanos) -> f64 {

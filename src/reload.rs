@@ -4,8 +4,10 @@
 //! Requests hold the snapshot they started with, so a swap never disturbs a request in
 //! flight, and counters live in the store outside the snapshot, keyed by limit identity
 //! (name, scope, algorithm — not the rate), so a changed rate keeps its count. Settings
-//! that live outside the snapshot (listeners, store, logging) are reported as needing a
-//! restart and otherwise ignored; sockets are never rebound.
+//! that live outside the snapshot (listeners, TLS files, connection limits, store,
+//! logging) are reported as needing a restart and otherwise ignored; sockets are never
+//! rebound. The TLS certificate *files* are watched on their own (`tls`), so a rotated
+//! certificate needs no reload at all.
 //!
 //! Watching is by polling: every `reload.interval` the watched files are read through
 //! their paths and hashed. Reading the path follows whatever it points at *now*, so an
@@ -258,6 +260,17 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "store.sweep_interval",
         format!("{:?}", old.store.sweep_interval),
         format!("{:?}", new.store.sweep_interval),
+    );
+    let tls = |c: &Config| {
+        c.tls.as_ref().map_or("none".to_string(), |t| {
+            format!("{{ cert: {}, key: {} }}", t.cert.display(), t.key.display())
+        })
+    };
+    compare("tls", tls(old), tls(new));
+    compare(
+        "limits",
+        format!("{:?}", old.limits),
+        format!("{:?}", new.limits),
     );
     let redis = |config: &Config| {
         config

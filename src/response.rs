@@ -47,8 +47,9 @@ pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service 
 pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":"Conflict","status":${status},"detail":"A request with this idempotency key is still in progress; retry later.","request_id":"${request_id}"}"#;
 /// Default 422 body: the idempotency key was used with a different request.
 pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":"Unprocessable Content","status":${status},"detail":"This idempotency key was already used with a different request.","request_id":"${request_id}"}"#;
-/// Default 413 body: too large a body to hash for an idempotency key.
-pub const DEFAULT_IDEMPOTENCY_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The body of a request with an idempotency key is larger than this route allows.","request_id":"${request_id}"}"#;
+
+/// Default 413 body.
+pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
 #[derive(Debug)]
@@ -76,14 +77,14 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The request body is over the route's `max_body`.
+    PayloadTooLarge,
     /// The limit store failed and `on_error` is `deny`.
     Unavailable,
     /// A request with the same idempotency key is still in flight.
     IdempotencyConflict,
     /// The idempotency key was used with a different request.
     IdempotencyMismatch,
-    /// The body of a request with an idempotency key is over the route's `max_body`.
-    IdempotencyTooLarge,
 }
 
 /// All replies and the header style.
@@ -103,14 +104,14 @@ pub struct Responses {
     pub upstream_unavailable: Reply,
     /// 504.
     pub upstream_timeout: Reply,
+    /// 413.
+    pub payload_too_large: Reply,
     /// 503: the store failed under `on_error: deny`.
     pub unavailable: Reply,
     /// 409.
     pub idempotency_conflict: Reply,
     /// 422.
     pub idempotency_mismatch: Reply,
-    /// 413.
-    pub idempotency_too_large: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -142,10 +143,10 @@ impl Responses {
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
+            Rejection::PayloadTooLarge => &self.payload_too_large,
             Rejection::Unavailable => &self.unavailable,
             Rejection::IdempotencyConflict => &self.idempotency_conflict,
             Rejection::IdempotencyMismatch => &self.idempotency_mismatch,
-            Rejection::IdempotencyTooLarge => &self.idempotency_too_large,
         }
     }
 

@@ -1,40 +1,96 @@
-//! Accepting connections: the accept loop, per-connection HTTP (HTTP/1.1 with keep-alive,
-//! and HTTP/2 with prior knowledge), and graceful shutdown.
+//! Accepting connections: the accept loop, TLS termination, per-connection HTTP (HTTP/1.1
+//! with keep-alive and upgrades, HTTP/2 by ALPN over TLS or with prior knowledge in the
+//! clear), the limits that protect the listener from hostile clients, and graceful shutdown.
+//!
+//! Limits (`limits` in the config):
+//! - `max_connections`: each connection holds a permit for as long as its socket is open
+//!   (a WebSocket tunnel included). With none free, the accept loop pauses: new connections
+//!   wait in the kernel's listen backlog, unanswered, until one closes. Nothing is refused,
+//!   and the pause is logged and counted (`sluice_connections_saturated_total`).
+//! - `header_read_timeout`: the TLS handshake and the first request's head must arrive within
+//!   it; on HTTP/1.1 every later head too (hyper's timer, which starts as soon as the
+//!   connection waits for a request, so it also bounds keep-alive idleness).
+//! - `idle_timeout`: a connection that moves no byte either way for this long is shut down
+//!   gracefully (a request in flight finishes first).
+//! - `max_header_bytes` / `max_headers`: larger heads get 431 from hyper on HTTP/1.1; on
+//!   HTTP/2 the size is the peer's `SETTINGS_MAX_HEADER_LIST_SIZE`.
 //!
 //! On shutdown the listener closes at once; connections finish their in-flight requests
 //! up to the deadline and are then dropped. Owns no request logic.
 
+mod io;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::ConnectionLimits;
 use crate::proxy::Gateway;
+use crate::telemetry;
+use io::{Activity, Stream, Watched};
+
+/// How many quiet checks make an idle connection: it is closed within 1/8 of
+/// `idle_timeout` after the timeout passes.
+const IDLE_CHECKS: u32 = 8;
+
+/// Least time between two `max_connections reached` warnings.
+const SATURATION_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// What the listener serves and how it protects itself.
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS termination, when configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Limits against hostile clients.
+    pub limits: ConnectionLimits,
+}
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains for at most `drain`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
-        .timer(hyper_util::rt::TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let Listener { tcp, tls, limits } = listener;
+    let builder = Arc::new(http_builder(&limits));
+    let max = limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let (stop, stopping) = watch::channel(false);
+    let limits = Arc::new(limits);
+    let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                telemetry::connections_saturated();
+                // Under sustained saturation this happens per connection: warn now and then.
+                if warned.is_none_or(|at| at.elapsed() >= SATURATION_WARNING_EVERY) {
+                    warned = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = max,
+                        "max_connections reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = tcp.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -46,26 +102,142 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { gateway.handle(request, peer).await }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection closed with an error");
-            }
-        });
+        tokio::spawn(connection(
+            stream,
+            Context {
+                peer,
+                permit,
+                tls: tls.clone(),
+                builder: builder.clone(),
+                gateway: gateway.clone(),
+                limits: limits.clone(),
+                stopping: stopping.clone(),
+            },
+        ));
     }
-    drop(listener);
+    drop(tcp);
     tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop.send(true);
+    // Every open connection holds a permit: having them all back means all are closed.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain deadline passed; dropping the remaining connections"),
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 settings from the limits.
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        // A head that does not fit the read buffer is answered 431.
+        .max_buf_size(limits.max_header_bytes)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new());
+    builder
+}
+
+/// What one connection task needs.
+struct Context {
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    gateway: Arc<Gateway>,
+    limits: Arc<ConnectionLimits>,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Serves one connection: TLS handshake, HTTP, idle and first-request deadlines, shutdown.
+async fn connection(tcp: TcpStream, cx: Context) {
+    let Context {
+        peer,
+        permit,
+        tls,
+        builder,
+        gateway,
+        limits,
+        mut stopping,
+    } = cx;
+    let first_deadline = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_deadline);
+    let secure = tls.is_some();
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => tokio::select! {
+            handshake = acceptor.accept(tcp) => match handshake {
+                Ok(tls) => Stream::Tls(Box::new(tls)),
+                Err(error) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+            },
+            () = &mut first_deadline => {
+                tracing::debug!(%peer, "TLS handshake not done within header_read_timeout; closing");
+                return;
+            }
+        },
+    };
+    let activity = Activity::default();
+    // The permit lives in the socket wrapper, so an upgraded (tunnelled) socket keeps it.
+    let io = Watched::new(stream, activity.clone(), permit);
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let served = served.clone();
+        service_fn(move |request| {
+            served.store(true, Ordering::Relaxed);
+            let gateway = gateway.clone();
+            async move { gateway.handle(request, peer, secure).await }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let period = limits.idle_timeout / IDLE_CHECKS;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (activity.get(), 0u32);
+    let mut closing = false;
+    let mut waiting_first = true;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "connection closed with an error");
+                }
+                return;
+            }
+            () = &mut first_deadline, if waiting_first => {
+                waiting_first = false;
+                if !served.load(Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                    return;
+                }
+            }
+            _ = tick.tick(), if !closing => {
+                let now = activity.get();
+                if now == seen {
+                    quiet += 1;
+                } else {
+                    (seen, quiet) = (now, 0);
+                }
+                if quiet >= IDLE_CHECKS {
+                    tracing::debug!(%peer, "idle_timeout passed; closing");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = stopping.wait_for(|stop| *stop), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

@@ -49,6 +49,10 @@ pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sluice_config_last_reload_success_timestamp_seconds";
 /// 1 if the last reload attempt took effect, 0 if it was rejected.
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_successful";
+/// Times the listener paused accepting because `limits.max_connections` were open.
+pub const CONNECTIONS_SATURATED: &str = "sluice_connections_saturated_total";
+/// Upgraded connections (WebSocket tunnels) open now.
+pub const TUNNELS_OPEN: &str = "sluice_tunnels_open";
 /// Idempotency-key outcomes: `replayed`, `conflict`, `mismatch`, `too_large`, `stored`,
 /// `not_stored`, `error`.
 pub const IDEMPOTENCY: &str = "sluice_idempotency_total";
@@ -84,20 +88,23 @@ pub enum Verdict {
     Exempt = 4,
     /// The store failed and `on_error: deny` answered 503.
     Unavailable = 5,
+    /// The body was over the route's `max_body` (413).
+    TooLarge = 6,
     /// Answered with the stored response of an idempotency key.
-    Replayed = 6,
-    /// Refused under the idempotency rules (409, 422, 413).
-    Refused = 7,
+    Replayed = 7,
+    /// Refused under the idempotency rules (409, 422).
+    Refused = 8,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 8] = [
+    const ALL: [Verdict; 9] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
         Verdict::Unavailable,
+        Verdict::TooLarge,
         Verdict::Replayed,
         Verdict::Refused,
     ];
@@ -110,6 +117,7 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
+            Verdict::TooLarge => "too_large",
             Verdict::Unavailable => "unavailable",
             Verdict::Replayed => "replayed",
             Verdict::Refused => "refused",
@@ -230,6 +238,34 @@ pub fn store_overflow() {
     metrics::counter!(STORE_OVERFLOW).increment(1);
 }
 
+/// Counts a pause of the accept loop at `max_connections`.
+pub fn connections_saturated() {
+    metrics::counter!(CONNECTIONS_SATURATED).increment(1);
+}
+
+/// Counts an open tunnel in `sluice_tunnels_open` for as long as it lives.
+pub struct TunnelOpen(());
+
+impl TunnelOpen {
+    /// One more open tunnel.
+    pub fn new() -> Self {
+        metrics::gauge!(TUNNELS_OPEN).increment(1.0);
+        TunnelOpen(())
+    }
+}
+
+impl Default for TunnelOpen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        metrics::gauge!(TUNNELS_OPEN).decrement(1.0);
+    }
+}
+
 /// Times one Redis store call.
 pub fn store_duration(elapsed: std::time::Duration) {
     metrics::histogram!(STORE_DURATION).record(elapsed.as_secs_f64());
@@ -289,6 +325,8 @@ pub fn install_metrics() -> PrometheusHandle {
         metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
     }
     metrics::counter!(STORE_OVERFLOW).absolute(0);
+    metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
+    metrics::gauge!(TUNNELS_OPEN).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     for kind in ["timeout", "unavailable"] {
         metrics::counter!(STORE_ERRORS, "kind" => kind).absolute(0);
@@ -339,6 +377,14 @@ fn describe() {
     describe_counter!(
         STORE_OVERFLOW,
         "Decisions taken on the shared overflow counter because the store was full."
+    );
+    describe_counter!(
+        CONNECTIONS_SATURATED,
+        "Times the listener paused accepting because max_connections were open."
+    );
+    describe_gauge!(
+        TUNNELS_OPEN,
+        "Upgraded connections (WebSocket tunnels) open now."
     );
     describe_histogram!(
         STORE_DURATION,

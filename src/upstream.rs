@@ -10,11 +10,12 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
 /// `X-Forwarded-For`.
@@ -38,6 +39,9 @@ pub enum UpstreamError {
     /// No response headers within the timeout (or connect timed out).
     #[error("upstream timed out after {0:?}")]
     Timeout(Duration),
+    /// The client's body passed the route's `max_body` while it was being sent.
+    #[error("{0}")]
+    BodyTooLarge(TooLarge),
 }
 
 impl UpstreamError {
@@ -46,6 +50,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Unavailable { kind, .. } => kind,
             UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::BodyTooLarge(_) => "body_too_large",
         }
     }
 }
@@ -54,19 +59,41 @@ impl UpstreamError {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     settings: UpstreamSettings,
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
 }
 
 impl Upstream {
-    /// A pooled client for `settings`.
+    /// A pooled client for `settings`: plain or TLS by the URL's scheme, HTTP/1.1 or (with
+    /// `http2`) HTTP/2 only — by ALPN over TLS, with prior knowledge in the clear.
     pub fn new(settings: &UpstreamSettings) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(false);
+        // An http:// upstream never uses the TLS config; it still needs one to build.
+        let tls = settings.tls.as_deref().cloned().unwrap_or_else(|| {
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        let mut https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        if let Some(name) = &settings.server_name {
+            https = https.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
+        }
+        let connector = if settings.http2 {
+            https.enable_http2().wrap_connector(connector)
+        } else {
+            https.enable_http1().wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(1024)
+            .http2_only(settings.http2)
             .build(connector);
         Self {
             settings: settings.clone(),
@@ -85,9 +112,17 @@ impl Upstream {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
             UpstreamTarget::Http(base) => base,
         };
+        let upgrade = crate::tunnel::requested(&parts).cloned();
         parts.uri = join(base, &parts.uri);
-        parts.version = http::Version::HTTP_11;
+        parts.version = if self.settings.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
+        if let Some(protocol) = upgrade {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         let request = Request::from_parts(parts, body);
         let response =
             match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
@@ -96,7 +131,13 @@ impl Upstream {
                 Ok(Ok(response)) => response,
             };
         let (mut parts, body) = response.into_parts();
+        let switched = (parts.status == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten();
         remove_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = switched {
+            keep_upgrade(&mut parts.headers, protocol);
+        }
         Ok(Response::from_parts(parts, Body::upstream(body)))
     }
 }
@@ -119,6 +160,11 @@ fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration)
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return UpstreamError::Timeout(connect_timeout);
             }
+        }
+        if let Some(too_large) = e.downcast_ref::<TooLarge>() {
+            return UpstreamError::BodyTooLarge(TooLarge {
+                limit: too_large.limit,
+            });
         }
         source = e.source();
     }
@@ -187,6 +233,12 @@ fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHe
             headers.insert(header::HOST, value.clone());
         }
     }
+}
+
+/// `Connection: upgrade` and `Upgrade`: the hop-by-hop pair an upgrade must carry across.
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 }
 
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).

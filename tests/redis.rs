@@ -76,6 +76,21 @@ async fn one_by_one(replicas: &[Sluice], path: &str, key: &str, n: usize) -> Vec
     statuses
 }
 
+/// How often Redis ran `command`, from `INFO commandstats`.
+fn redis_calls(redis: &Redis, command: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    conn.write_all(b"INFO commandstats\r\nQUIT\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
     let upstream = support::upstream().await;
@@ -105,6 +120,13 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
             .unwrap();
     }
     assert!(remembered > 0.0, "no rejection was answered from memory");
+    // One script call per request at most: Redis counted no more EVALSHA calls than
+    // requests (plus the replicas' heartbeats, one a second each).
+    let evalsha = redis_calls(&redis, "evalsha");
+    assert!(
+        (150..=900 + 30).contains(&evalsha),
+        "{evalsha} EVALSHA calls for 900 requests"
+    );
     // Another caller has its own quota.
     let other = storm(&replicas, "/fixed", "other-key", 60).await;
     assert_eq!(count(&other, StatusCode::OK), 50);

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use sha2::Digest as _;
 use super::file::{self, AlgorithmName, File, KeyEntry, LimitFile, LimitValue, Scope};
 use super::units::{ByteSize, Rate};
 use super::{
-    Config, LogSettings, RedisSettings, ReloadSettings, Source, StoreSettings, UpstreamSettings,
-    UpstreamTarget,
+    Config, ConnectionLimits, LogSettings, RedisSettings, ReloadSettings, Source, StoreSettings,
+    TlsSettings, UpstreamSettings, UpstreamTarget,
 };
 use crate::idempotency;
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
@@ -46,6 +47,10 @@ pub const MAX_LIMITS_PER_REQUEST: usize = 64;
 pub const DEFAULT_PLAN: &str = "default";
 /// Plan of callers identified by IP.
 pub const ANONYMOUS_PLAN: &str = "anonymous";
+/// Largest `limits.max_connections` (far beyond any file-descriptor limit).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Smallest `limits.max_header_bytes`: hyper's minimum read buffer.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 struct Compiler {
     problems: Vec<Problem>,
@@ -198,6 +203,8 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     let identifier = c.identifier(&file, registry, &plan_index);
     let responses = c.responses(&file.responses);
     let upstream = c.upstream(&file.upstream);
+    let tls = file.tls.as_ref().and_then(|tls| c.tls(tls));
+    let limits = c.limits(&file.limits);
     let store = c.store(&file.store);
     let idempotency = c.idempotency(&file);
     let log = LogSettings {
@@ -223,6 +230,8 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     };
     Ok(Config {
         listen: file.listen,
+        tls,
+        limits,
         admin_listen: file.admin.listen,
         upstream,
         responses,
@@ -309,6 +318,7 @@ impl Compiler {
                     .map_err(|e| self.problem(format!("{path}.match.host"), e))
                     .ok()
             });
+            let max_body = route.max_body.map(|size| size.0);
             let cost = route.cost.unwrap_or(1);
             if cost == 0 {
                 self.problem(format!("{path}.cost"), "cost must be at least 1".into());
@@ -334,6 +344,7 @@ impl Compiler {
                     path: path_pattern,
                     host,
                     cost: cost.max(1),
+                    max_body,
                 },
                 specs,
             ));
@@ -831,6 +842,12 @@ impl Compiler {
                 file.upstream_timeout.as_ref(),
                 (504, response::DEFAULT_UPSTREAM_TIMEOUT),
             ),
+            payload_too_large: reply(
+                self,
+                "payload_too_large",
+                file.payload_too_large.as_ref(),
+                (413, response::DEFAULT_PAYLOAD_TOO_LARGE),
+            ),
             unavailable: reply(
                 self,
                 "unavailable",
@@ -849,12 +866,6 @@ impl Compiler {
                 file.idempotency_mismatch.as_ref(),
                 (422, response::DEFAULT_IDEMPOTENCY_MISMATCH),
             ),
-            idempotency_too_large: reply(
-                self,
-                "idempotency_too_large",
-                file.idempotency_too_large.as_ref(),
-                (413, response::DEFAULT_IDEMPOTENCY_TOO_LARGE),
-            ),
         }
     }
 
@@ -863,20 +874,16 @@ impl Compiler {
             UpstreamTarget::Demo
         } else {
             match file.url.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some() =>
+                {
                     UpstreamTarget::Http(uri)
-                }
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    self.problem(
-                        "upstream.url".into(),
-                        "https upstreams are not supported yet; use http://".into(),
-                    );
-                    UpstreamTarget::Demo
                 }
                 _ => {
                     self.problem(
                         "upstream.url".into(),
-                        format!("\"{}\" is not an upstream URL; expected http://HOST:PORT[/BASE] or `demo:`", file.url),
+                        format!("\"{}\" is not an upstream URL; expected http(s)://HOST[:PORT][/BASE] or `demo:`", file.url),
                     );
                     UpstreamTarget::Demo
                 }
@@ -896,13 +903,133 @@ impl Compiler {
                 }
             },
         };
+        let https =
+            matches!(&target, UpstreamTarget::Http(uri) if uri.scheme_str() == Some("https"));
+        let given = file.tls.as_ref();
+        if given.is_some() && !https {
+            self.problem(
+                "upstream.tls".into(),
+                "TLS settings need an https:// upstream url".into(),
+            );
+        }
+        let (tls, server_name) = if https {
+            self.upstream_tls(given.unwrap_or(&file::UpstreamTlsFile::default()))
+        } else {
+            (None, None)
+        };
         UpstreamSettings {
             target,
             connect_timeout: file.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
             timeout: file.timeout.map_or(Duration::from_secs(30), |d| d.0),
             idle_timeout: file.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             host,
+            http2: file.http2.unwrap_or(false),
+            tls,
+            server_name,
         }
+    }
+
+    /// The rustls client config of an https upstream, reading its CA and client files.
+    fn upstream_tls(
+        &mut self,
+        file: &file::UpstreamTlsFile,
+    ) -> (
+        Option<Arc<rustls::ClientConfig>>,
+        Option<rustls::pki_types::ServerName<'static>>,
+    ) {
+        let server_name = file.server_name.as_deref().and_then(|name| {
+            crate::tls::server_name(name)
+                .map_err(|e| self.problem("upstream.tls.server_name".into(), e))
+                .ok()
+        });
+        let ca_only = file.ca_only.unwrap_or(false);
+        if ca_only && file.ca_file.is_none() {
+            self.problem(
+                "upstream.tls.ca_only".into(),
+                "`ca_only: true` needs a `ca_file` to trust".into(),
+            );
+            return (None, server_name);
+        }
+        let identity = match (&file.cert, &file.key) {
+            (Some(cert), Some(key)) => Some((Path::new(cert.as_str()), Path::new(key.as_str()))),
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    "upstream.tls".into(),
+                    "a client certificate needs both `cert` and `key`".into(),
+                );
+                return (None, server_name);
+            }
+        };
+        let files = crate::tls::ClientFiles {
+            ca_file: file.ca_file.as_deref().map(Path::new),
+            ca_only,
+            identity,
+        };
+        match crate::tls::client_config(&files) {
+            Ok(config) => (Some(Arc::new(config)), server_name),
+            Err(e) => {
+                self.problem("upstream.tls".into(), e);
+                (None, server_name)
+            }
+        }
+    }
+
+    /// Loads the inbound certificate now, so `sluice check` reports a bad one.
+    fn tls(&mut self, file: &file::TlsFile) -> Option<TlsSettings> {
+        let (cert, key) = (PathBuf::from(&file.cert), PathBuf::from(&file.key));
+        match crate::tls::load(&cert, &key) {
+            Ok(loaded) => Some(TlsSettings {
+                cert,
+                key,
+                loaded: loaded.key,
+                digest: loaded.digest,
+            }),
+            Err(e) => {
+                self.problem("tls".into(), e);
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, file: &file::LimitsFile) -> ConnectionLimits {
+        let limits = ConnectionLimits {
+            max_connections: file.max_connections.unwrap_or(10_000),
+            header_read_timeout: file
+                .header_read_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
+            idle_timeout: file.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            max_header_bytes: file
+                .max_header_bytes
+                .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
+            max_headers: file.max_headers.unwrap_or(100),
+        };
+        let positive = [
+            ("max_connections", limits.max_connections == 0),
+            ("header_read_timeout", limits.header_read_timeout.is_zero()),
+            ("idle_timeout", limits.idle_timeout.is_zero()),
+            ("max_headers", limits.max_headers == 0),
+        ];
+        for (name, zero) in positive {
+            if zero {
+                self.problem(format!("limits.{name}"), "must be greater than zero".into());
+            }
+        }
+        if limits.max_connections > MAX_CONNECTIONS {
+            self.problem(
+                "limits.max_connections".into(),
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
+        }
+        // Below this no request line with a few headers fits, and hyper's read buffer
+        // cannot be smaller.
+        if limits.max_header_bytes < MIN_HEADER_BYTES {
+            self.problem(
+                "limits.max_header_bytes".into(),
+                format!("must be at least {MIN_HEADER_BYTES} bytes (8KiB)"),
+            );
+        }
+        limits
     }
 
     /// Reads the admin token from its environment variable (the file names the variable,

@@ -23,6 +23,12 @@ pub struct File {
     /// Admin listener (metrics, health).
     #[serde(default)]
     pub admin: Admin,
+    /// Inbound TLS: when set, `listen` speaks HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    /// Limits that protect the listener from misbehaving clients.
+    #[serde(default)]
+    pub limits: LimitsFile,
     /// Where allowed traffic goes.
     pub upstream: Upstream,
     /// How callers are identified, tried in order.
@@ -70,6 +76,41 @@ pub struct File {
     /// Bounds of the idempotency record store (routes opt in with `idempotency`).
     #[serde(default)]
     pub idempotency: IdempotencyBounds,
+}
+
+/// A certificate chain and its private key, PEM files re-read when they change.
+///
+/// Relative paths are resolved against the config file's directory.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// Limits against misbehaving clients, per listener or per connection.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Connections served at once (default 10000); past it, new connections wait in the
+    /// kernel's listen backlog until one closes.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request's whole header block (default 30s); also bounds
+    /// the TLS handshake and the wait for a connection's first request.
+    #[serde(default)]
+    pub header_read_timeout: Option<HumanDuration>,
+    /// A connection with no traffic either way for this long is closed (default 60s).
+    #[serde(default)]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Largest request header block, request line included (default 64KiB); larger gets 431.
+    #[serde(default)]
+    pub max_header_bytes: Option<ByteSize>,
+    /// Most header fields in one request (default 100); more gets 431.
+    #[serde(default)]
+    pub max_headers: Option<usize>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -131,6 +172,33 @@ pub struct Upstream {
     /// `Host` sent upstream: `preserve` (default), `upstream`, or a literal host.
     #[serde(default)]
     pub host: Option<String>,
+    /// Speak HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
+    #[serde(default)]
+    pub http2: Option<bool>,
+    /// How an `https://` upstream is trusted and what sluice presents to it.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+}
+
+/// TLS to an `https://` upstream. Relative paths resolve against the config's directory.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM file of extra CA certificates to trust, besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Trust only `ca_file`, not the system's roots.
+    #[serde(default)]
+    pub ca_only: Option<bool>,
+    /// Client certificate chain (PEM) presented to the upstream; needs `key`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// Private key (PEM) of `cert`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Name sent as SNI and verified in the upstream's certificate (default: the URL's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// One way to find out who is calling.
@@ -325,6 +393,9 @@ pub struct RouteFile {
     /// Units one request takes (default 1).
     #[serde(default)]
     pub cost: Option<u32>,
+    /// Largest request body (`10MiB`); a larger one is answered 413 and not forwarded.
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
     /// Replay the first response to a retried `Idempotency-Key` instead of forwarding it.
     #[serde(default)]
     pub idempotency: Option<RouteIdempotency>,
@@ -497,6 +568,9 @@ pub struct Responses {
     /// Upstream too slow (504).
     #[serde(default)]
     pub upstream_timeout: Option<ResponseFile>,
+    /// Request body over the route's `max_body` (413).
+    #[serde(default)]
+    pub payload_too_large: Option<ResponseFile>,
     /// The limit store failed and `store.on_error` is `deny` (503).
     #[serde(default)]
     pub unavailable: Option<ResponseFile>,
@@ -506,9 +580,6 @@ pub struct Responses {
     /// The idempotency key was used with a different request (422).
     #[serde(default)]
     pub idempotency_mismatch: Option<ResponseFile>,
-    /// The body of a request with an idempotency key exceeds the route's `max_body` (413).
-    #[serde(default)]
-    pub idempotency_too_large: Option<ResponseFile>,
 }
 
 /// Rate-limit header styles.

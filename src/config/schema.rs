@@ -88,26 +88,30 @@ impl JsonSchema for HumanDuration {
     }
 }
 
-/// Units after a number in a byte size (`units::BYTE_UNITS`, plus `B`).
-const BYTE_UNITS: &[&str] = &["b", "kb", "mb", "gb", "tb", "kib", "mib", "gib", "tib"];
-
 impl JsonSchema for ByteSize {
     fn schema_name() -> Cow<'static, str> {
         "ByteSize".into()
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        let pattern = format!(r"^\s*[0-9]+(\.[0-9]+)?\s*{}?\s*$", alternatives(BYTE_UNITS));
+        let units: Vec<&str> = BYTE_UNITS.to_vec();
+        let pattern = format!(
+            r"^\s*[0-9]+(\.[0-9]+)?\s*({}|[bB])?\s*$",
+            alternatives(&units)
+        );
         json_schema!({
-            "description": "A size like `512KiB`, `1MiB` or `10MB` (KiB… are 1024-based, KB… 1000-based), or a whole number of bytes.",
+            "description": "A byte size like `512KiB`, `1MiB` or `10MB` (KiB/MiB/GiB are 1024-based, KB/MB/GB 1000-based), or a whole number of bytes.",
             "anyOf": [
                 { "type": "string", "pattern": pattern },
                 { "type": "integer", "minimum": 0 }
             ],
-            "examples": ["64KiB", "1MiB", "10MB"]
+            "examples": ["64KiB", "10MiB", "1GB"]
         })
     }
 }
+
+/// Units after a number in a byte size (`units::BYTE_UNITS`).
+const BYTE_UNITS: &[&str] = &["KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"];
 
 impl JsonSchema for LimitValue {
     fn schema_name() -> Cow<'static, str> {
@@ -203,6 +207,15 @@ mod tests {
         assert!(v.is_valid(&timeout("30")));
         assert!(v.is_valid(&timeout("1.5s")));
         assert!(!v.is_valid(&timeout("soon")));
+        let body = |b: &str| {
+            format!("upstream: {{ url: \"demo:\" }}\nroutes: [ {{ name: a, max_body: {b} }} ]\n")
+        };
+        for good in ["10MiB", "1.5KB", "2048", "64kib"] {
+            crate::config::load_str(&body(good), "t.yaml", None).unwrap();
+            assert!(v.is_valid(&yaml(&body(good))), "{good}");
+        }
+        assert!(!v.is_valid(&yaml(&body("lots"))));
+        assert!(crate::config::load_str(&body("lots"), "t.yaml", None).is_err());
     }
 
     #[test]

@@ -189,3 +189,48 @@ fn redis_store_settings_compile_and_problems_name_their_place() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn edge_settings_are_checked_with_places() {
+    let e = errors(
+        "\
+upstream: { url: \"http://127.0.0.1:1\", tls: { ca_only: true } }
+limits: { max_connections: 0, max_header_bytes: 1KiB, idle_timeout: 0s }
+",
+    );
+    let joined = e.join("\n");
+    assert!(
+        joined.contains("t.yaml:1:45: upstream.tls: TLS settings need an https:// upstream url"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("t.yaml:2:28: limits.max_connections: must be greater than zero"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("limits.max_header_bytes: must be at least 8192 bytes"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("limits.idle_timeout: must be greater than zero"),
+        "{joined}"
+    );
+
+    let e =
+        errors("upstream: { url: \"https://127.0.0.1:1\", tls: { ca_only: true, cert: c.pem } }\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("upstream.tls.ca_only: `ca_only: true` needs a `ca_file`")),
+        "{e:?}"
+    );
+
+    let config = load_str(
+        "upstream: { url: \"demo:\" }\nroutes: [ { name: up, max_body: 10MiB } ]\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(config.policy.routes[0].max_body, Some(10 << 20));
+    assert_eq!(config.limits.max_connections, 10_000);
+    assert!(config.tls.is_none());
+}

@@ -122,6 +122,18 @@ fn settings_outside_the_snapshot_are_reported_as_restart_required() {
     );
     // Everything else took effect.
     assert_eq!(count_allowed(&gateway, 8), 7);
+
+    // Switching to Redis needs a restart; the URL's password is never shown.
+    let redis = format!(
+        "listen: 127.0.0.1:1234\nstore: {{ max_entries: 10, backend: redis, url: \"redis://:pw@r:6379\" }}\nlog: {{ format: json }}\n{}",
+        policy("7/min")
+    );
+    std::fs::write(&path, redis).unwrap();
+    let applied = reloader.reload(Trigger::Admin).unwrap();
+    assert_eq!(
+        applied.restart_required,
+        vec!["store: memory → redis redis://***@r:6379 (timeout 50ms, on_error allow, prefix sluice)"]
+    );
 }
 
 #[test]
