@@ -61,7 +61,7 @@ fn decide(limits: &[Limit], identity: &Identity, store: &MemoryStore, now: u64) 
 fn request(config: &Config, store: &MemoryStore, parts: &Parts, now: u64) -> Decision {
     let policy = &config.policy;
     let route = policy.find(parts);
-    let identity = policy.identifier.identify(parts, CLIENT).unwrap();
+    let identity = policy.identifier.identify(parts, CLIENT, 0).unwrap();
     let limits = policy.limits(policy.profile(&identity), route).unwrap();
     decide(limits, &identity, store, now)
 }
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     let config = load_str(POLICY, "bench.yaml", None).unwrap();
     let policy = &config.policy;
     let parts = head("bench-key");
-    let identity = policy.identifier.identify(&parts, CLIENT).unwrap();
+    let identity = policy.identifier.identify(&parts, CLIENT, 0).unwrap();
     let limits = policy
         .limits(policy.profile(&identity), policy.find(&parts))
         .unwrap();
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
         .map(|i| {
             policy
                 .identifier
-                .identify(&head(&format!("caller-{i}")), CLIENT)
+                .identify(&head(&format!("caller-{i}")), CLIENT, 0)
                 .unwrap()
         })
         .collect();

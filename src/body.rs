@@ -2,9 +2,10 @@
 //! requests (the client's stream, cut off past the route's `max_body`, or a body read whole
 //! to hash it for an idempotency key).
 //!
-//! Bodies are never buffered otherwise: frames flow from one connection to the other as
-//! they arrive. A response recorded for an idempotency key is copied as it passes, never
-//! held back.
+//! Bodies are never buffered: frames flow from one connection to the other as they arrive.
+//! An upstream body may hold the request's concurrency slots: it lets go of them when the
+//! stream ends or fails, and when it is dropped (the client left).
+//! A response recorded for an idempotency key is copied as it passes, never held back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::idempotency::Recording;
+use crate::limiter::concurrency::Held;
 
 pin_project_lite::pin_project! {
     /// A response body.
@@ -22,7 +24,7 @@ pin_project_lite::pin_project! {
         /// A body sluice built itself.
         Full { data: Option<Bytes> },
         /// The upstream's body, streamed.
-        Upstream { #[pin] inner: Incoming },
+        Upstream { #[pin] inner: Incoming, held: Option<Held> },
         /// A body streamed to the client and copied into an idempotency record.
         Recorded { inner: Box<Recording> },
     }
@@ -44,7 +46,17 @@ impl Body {
 
     /// The upstream's body.
     pub fn upstream(inner: Incoming) -> Self {
-        Body::Upstream { inner }
+        Body::Upstream { inner, held: None }
+    }
+
+    /// Keeps `held` alive until the body ends (a body sluice built itself is complete
+    /// already, so it lets go at once).
+    pub fn hold(&mut self, held: Held) {
+        match self {
+            Body::Upstream { held: slot, .. } => *slot = Some(held),
+            Body::Recorded { inner } => inner.hold(held),
+            Body::Full { .. } => {}
+        }
     }
 
     /// A body copied into an idempotency record as it streams.
@@ -65,7 +77,13 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Upstream { inner } => inner.poll_frame(cx),
+            BodyProj::Upstream { inner, held } => {
+                let frame = inner.poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    *held = None;
+                }
+                frame
+            }
             BodyProj::Recorded { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
@@ -73,7 +91,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full { data } => data.is_none(),
-            Body::Upstream { inner } => inner.is_end_stream(),
+            Body::Upstream { inner, .. } => inner.is_end_stream(),
             Body::Recorded { inner } => inner.is_end_stream(),
         }
     }
@@ -83,7 +101,7 @@ impl http_body::Body for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Upstream { inner } => inner.size_hint(),
+            Body::Upstream { inner, .. } => inner.size_hint(),
             Body::Recorded { inner } => inner.size_hint(),
         }
     }

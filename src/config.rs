@@ -318,7 +318,7 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         });
         digest.update(keys_text.as_bytes());
     }
-    let compiled = compile::compile(file, keys).map(|mut config| {
+    let compiled = compile::compile_in(file, keys, dir).map(|mut config| {
         config.inputs = inputs;
         config.sha256 = digest.finalize().into();
         config
@@ -352,6 +352,8 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
             })
             .collect();
         errors.sort_by_key(|e| (e.file != name, e.line, e.column));
+        // A route limit is validated once per plan that uses it: report each problem once.
+        errors.dedup();
         ConfigErrors(errors)
     })
 }

@@ -334,8 +334,8 @@ pub fn record_key(
             hash.update(if kind == Kind::Key { b"k\0" } else { b"u\0" });
             hash.update(key);
         }
-        // An identity without a presented key or an address (none today): its subject,
-        // which is stable within this process.
+        // A JWT caller: its verified subject's hash, the same in every replica that shares
+        // the subject secret (as replicas sharing a Redis store do).
         (_, None) => {
             hash.update(b"s\0");
             hash.update(identity.subject.to_le_bytes());

@@ -1,13 +1,15 @@
 //! Who is calling: an API key (header, bearer or query), a registered key's plan and
-//! organisation, or the client IP as the fallback.
+//! organisation, a verified JWT (`jwt`), or the client IP as the fallback.
 //!
 //! Owns key sources, the key registry and client-IP resolution. Produces an `Identity`
 //! that carries only hashes and indexes, so nothing per request is a `String` and no key
 //! reaches a log in clear. Does not know about routes or limits.
 
+pub mod jwt;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::header::{HeaderName, AUTHORIZATION};
 use http::request::Parts;
@@ -15,6 +17,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher13;
 
+use crate::limiter::clock::Nanos;
 use crate::policy::ProfileId;
 
 /// Where an API key is read from.
@@ -26,6 +29,8 @@ pub enum KeySource {
     Bearer,
     /// A query parameter.
     Query(String),
+    /// A JWT: verified, never looked up in the registry.
+    Jwt(Arc<jwt::Jwt>),
 }
 
 /// How a caller was identified; keys of different kinds never share a counter.
@@ -37,6 +42,8 @@ pub enum Kind {
     UnknownKey,
     /// No key: the client IP.
     Ip,
+    /// A verified JWT's subject.
+    Jwt,
 }
 
 /// The caller, as the policy sees it.
@@ -59,6 +66,8 @@ pub enum Unidentified {
     NoKey,
     /// The key is not registered and unknown keys are rejected.
     UnknownKey,
+    /// A JWT was presented and failed verification: never an identity.
+    InvalidToken(jwt::TokenError),
 }
 
 /// What to do with callers the registry does not cover.
@@ -152,11 +161,28 @@ pub struct Identifier {
 }
 
 impl Identifier {
-    /// Identifies the caller of `parts` coming from `client_ip`.
-    pub fn identify(&self, parts: &Parts, client_ip: IpAddr) -> Result<Identity, Unidentified> {
-        let Some(key) = self.presented_key(parts) else {
-            return self.fallback(self.anonymous, None, client_ip, Unidentified::NoKey);
-        };
+    /// Identifies the caller of `parts` coming from `client_ip`; `now` (the request's one
+    /// clock reading) checks a JWT's time window. Sources are tried in order: the first
+    /// that finds a key or a token decides.
+    pub fn identify(
+        &self,
+        parts: &Parts,
+        client_ip: IpAddr,
+        now: Nanos,
+    ) -> Result<Identity, Unidentified> {
+        for source in &self.sources {
+            if let KeySource::Jwt(jwt) = source {
+                if let Some(token) = jwt.token(parts) {
+                    return jwt.verify(token, now).map_err(Unidentified::InvalidToken);
+                }
+            } else if let Some(key) = source.key(parts) {
+                return self.by_key(key, client_ip);
+            }
+        }
+        self.fallback(self.anonymous, None, client_ip, Unidentified::NoKey)
+    }
+
+    fn by_key(&self, key: &str, client_ip: IpAddr) -> Result<Identity, Unidentified> {
         match self.registry.get(key) {
             Some(info) => Ok(Identity {
                 kind: Kind::Key,
@@ -197,24 +223,9 @@ impl Identifier {
         }
     }
 
-    /// The first non-empty key any source finds.
+    /// The first non-empty API key any key source finds (JWTs are not keys).
     pub fn presented_key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
-        self.sources.iter().find_map(|source| {
-            let key = match source {
-                KeySource::Header(name) => parts.headers.get(name)?.to_str().ok()?,
-                KeySource::Bearer => {
-                    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-                    let (scheme, token) = value.split_once(' ')?;
-                    if !scheme.eq_ignore_ascii_case("bearer") {
-                        return None;
-                    }
-                    token
-                }
-                KeySource::Query(name) => query_param(parts.uri.query()?, name)?,
-            };
-            let key = key.trim();
-            (!key.is_empty()).then_some(key)
-        })
+        self.sources.iter().find_map(|source| source.key(parts))
     }
 
     /// The client address: the peer, or for a trusted peer the rightmost untrusted
@@ -252,6 +263,27 @@ impl Identifier {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl KeySource {
+    /// The non-empty API key this source finds in `parts`; `None` for a JWT source.
+    pub fn key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
+        let key = match self {
+            KeySource::Header(name) => parts.headers.get(name)?.to_str().ok()?,
+            KeySource::Bearer => {
+                let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+                let (scheme, token) = value.split_once(' ')?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return None;
+                }
+                token
+            }
+            KeySource::Query(name) => query_param(parts.uri.query()?, name)?,
+            KeySource::Jwt(_) => return None,
+        };
+        let key = key.trim();
+        (!key.is_empty()).then_some(key)
     }
 }
 

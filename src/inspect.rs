@@ -99,6 +99,8 @@ fn present_key(policy: &Policy, parts: &mut Parts, key: &str) -> Result<(), Insp
                     return Ok(());
                 }
             }
+            // A JWT is not a key: `--key` never stands for a token.
+            KeySource::Jwt(_) => {}
             KeySource::Query(name) => {
                 // Keys are matched raw (no decoding), so only URL-safe keys fit a query.
                 if key
@@ -133,6 +135,7 @@ pub fn unidentified(why: Unidentified) -> &'static str {
     match why {
         Unidentified::NoKey => "no key, and callers without one are rejected",
         Unidentified::UnknownKey => "the key is not registered, and unknown keys are rejected",
+        Unidentified::InvalidToken(_) => "the JWT failed verification",
     }
 }
 

@@ -6,9 +6,10 @@
 //!   clients, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
 //! - [`idempotency`]: routes that take `Idempotency-Key`: replay a retry, never resend it.
-//! - [`identity`]: who is calling (API key, key registry, client IP).
+//! - [`identity`]: who is calling (API key, key registry, JWT, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
-//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`].
+//! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`],
+//!   the penalty box ([`limiter::penalty`]) and concurrency slots ([`limiter::concurrency`]).
 //! - [`response`]: rate-limit headers and the configured replies.
 //! - [`upstream`]: forwarding to the upstream API, streaming both ways.
 //! - [`tunnel`]: protocol upgrades (WebSocket) spliced after a checked handshake.
@@ -79,6 +80,7 @@ pub async fn run(
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
+    let swept = gateway.clone();
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
     #[cfg(unix)]
@@ -93,7 +95,6 @@ pub async fn run(
         "sluice is running"
     );
 
-    let records = gateway.idempotency.store.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweep_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,8 +102,10 @@ pub async fn run(
             tick.tick().await;
             let now = clock.now();
             store.sweep(now);
-            records.sweep(now);
-            idempotency::report(&*records);
+            swept.penalties.sweep(now);
+            swept.in_flight.sweep();
+            swept.idempotency.store.sweep(now);
+            idempotency::report(&*swept.idempotency.store);
         }
     });
     let admin = tokio::spawn(admin::serve(

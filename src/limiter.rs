@@ -6,7 +6,9 @@
 //! apply is the policy's.
 
 pub mod clock;
+pub mod concurrency;
 pub mod gcra;
+pub mod penalty;
 pub mod store;
 pub mod window;
 
@@ -28,6 +30,7 @@ pub struct Quota {
     period: Nanos,
     burst: u32,
     emission_interval: Nanos,
+    delay: Nanos,
 }
 
 impl Quota {
@@ -43,7 +46,20 @@ impl Quota {
             period,
             burst,
             emission_interval,
+            delay: 0,
         })
+    }
+
+    /// The same quota letting a token-bucket request that does not fit wait up to `delay`
+    /// for its slot instead of being rejected (smoothing, like nginx's burst queue).
+    pub fn with_delay(mut self, delay: Nanos) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// How long a token-bucket request may wait for its slot (0: never waits).
+    pub fn delay(&self) -> Nanos {
+        self.delay
     }
 
     /// Units per period.
@@ -76,6 +92,10 @@ pub enum Algorithm {
     SlidingWindow,
     /// GCRA: sustained rate plus burst.
     TokenBucket,
+    /// At most `limit` requests in flight. Held in process by `concurrency::InFlight`, never
+    /// by a store: `Policy::checks` leaves these limits out, and the counter functions below
+    /// treat them as always allowing.
+    Concurrency,
 }
 
 impl Algorithm {
@@ -85,6 +105,7 @@ impl Algorithm {
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Concurrency => "concurrency",
         }
     }
 
@@ -94,6 +115,11 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::acquire(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::acquire(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::acquire(state, now, quota, cost),
+            Algorithm::Concurrency => Step {
+                outcome: untracked(now, quota),
+                state: None,
+                idle_at: now,
+            },
         }
     }
 
@@ -103,6 +129,7 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::peek(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::peek(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::peek(state, now, quota, cost),
+            Algorithm::Concurrency => untracked(now, quota),
         }
     }
 
@@ -112,7 +139,19 @@ impl Algorithm {
             Algorithm::FixedWindow => window::fixed::refund(state, now, quota, cost),
             Algorithm::SlidingWindow => window::sliding::refund(state, now, quota, cost),
             Algorithm::TokenBucket => gcra::refund(state, quota, cost),
+            Algorithm::Concurrency => state,
         }
+    }
+}
+
+/// What a counter answers for a limit it does not hold (a concurrency limit).
+fn untracked(now: Nanos, quota: &Quota) -> Outcome {
+    Outcome {
+        allowed: true,
+        limit: quota.limit(),
+        remaining: quota.limit(),
+        reset: now,
+        retry_after: 0,
     }
 }
 
@@ -133,7 +172,8 @@ pub struct Outcome {
     pub remaining: u32,
     /// When the quota is whole again (unix nanoseconds).
     pub reset: Nanos,
-    /// How long until the request would fit; 0 when allowed.
+    /// Rejected: how long until the request would fit. Allowed: how long it must wait for
+    /// its slot before it is forwarded (a token bucket with a `delay`), usually 0.
     pub retry_after: Nanos,
 }
 
@@ -186,8 +226,11 @@ pub struct Decision {
     pub allowed: bool,
     /// Bit `i` set: check `i` rejected (shadow or not).
     pub violated: u64,
-    /// The check the response headers describe: the violated one with the longest
-    /// wait, or else the one closest to exhaustion.
+    /// Bit `i` set: check `i` is a shadow limit (counted and reported, never enforced).
+    pub shadow: u64,
+    /// The check the response headers describe: the enforced violated one with the longest
+    /// wait, or else the enforced one closest to exhaustion. Shadow limits never show in
+    /// headers: clients must not react to a limit that is not enforced yet.
     pub headline: Option<usize>,
     /// Set when the store failed and the decision is its `on_error` fallback.
     pub degraded: bool,
@@ -197,18 +240,23 @@ impl Decision {
     /// Builds the verdict from outcomes; `shadow[i]` marks checks that never reject.
     pub fn from_outcomes(outcomes: Outcomes, checks: &[Check]) -> Self {
         let mut violated = 0u64;
+        let mut shadow = 0u64;
         let mut allowed = true;
         for (i, (outcome, check)) in outcomes.iter().zip(checks).enumerate() {
+            if check.shadow {
+                shadow |= 1 << i;
+            }
             if !outcome.allowed {
                 violated |= 1 << i;
                 allowed &= check.shadow;
             }
         }
-        let headline = headline(&outcomes, violated);
+        let headline = headline(&outcomes, violated & !shadow, shadow);
         Self {
             outcomes,
             allowed,
             violated,
+            shadow,
             headline,
             degraded: false,
         }
@@ -227,12 +275,19 @@ impl Decision {
         self.headline.map(|i| &self.outcomes[i])
     }
 
-    /// Longest wait among violated limits.
+    /// Longest wait among violated enforced limits (among shadow ones when only those are).
     pub fn retry_after(&self) -> Nanos {
+        let enforced = self.violated & !self.shadow;
+        let mask = if enforced != 0 {
+            enforced
+        } else {
+            self.violated
+        };
         self.outcomes
             .iter()
-            .filter(|o| !o.allowed)
-            .map(|o| o.retry_after)
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, o)| o.retry_after)
             .max()
             .unwrap_or(0)
     }
@@ -243,14 +298,15 @@ impl Decision {
     }
 }
 
-fn headline(outcomes: &[Outcome], violated: u64) -> Option<usize> {
+fn headline(outcomes: &[Outcome], violated: u64, shadow: u64) -> Option<usize> {
     if violated != 0 {
         return (0..outcomes.len())
             .filter(|i| violated & (1 << i) != 0)
             .max_by_key(|&i| outcomes[i].retry_after);
     }
     // Closest to exhaustion: the smallest share left; ties go to the later reset.
-    (0..outcomes.len()).min_by(|&a, &b| {
+    let enforced = (0..outcomes.len()).filter(|i| shadow & (1 << i) == 0);
+    enforced.min_by(|&a, &b| {
         let (oa, ob) = (&outcomes[a], &outcomes[b]);
         let left_a = u64::from(oa.remaining) * u64::from(ob.limit.max(1));
         let left_b = u64::from(ob.remaining) * u64::from(oa.limit.max(1));
@@ -312,12 +368,23 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let d = Decision::from_outcomes(outs.clone(), &[check(false), check(false), check(true)]);
+        let d = Decision::from_outcomes(outs.clone(), &[check(false), check(false), check(false)]);
         assert!(!d.allowed);
         assert_eq!(d.headline, Some(2));
         assert_eq!(d.retry_after(), 9);
         assert_eq!(d.violated().collect::<Vec<_>>(), vec![0, 2]);
+        // The shadow violation never sets the headers nor the wait.
+        let d = Decision::from_outcomes(outs.clone(), &[check(false), check(false), check(true)]);
+        assert!(!d.allowed);
+        assert_eq!(d.headline, Some(0));
+        assert_eq!(d.retry_after(), 5);
+        assert_eq!(d.violated().collect::<Vec<_>>(), vec![0, 2]);
         let shadow = Decision::from_outcomes(outs, &[check(true), check(false), check(true)]);
         assert!(shadow.allowed);
+        assert_eq!(shadow.headline, Some(1));
+        let all_shadow: Outcomes = [outcome(false, 10, 0, 9)].into_iter().collect();
+        let d = Decision::from_outcomes(all_shadow, &[check(true)]);
+        assert!(d.allowed);
+        assert_eq!(d.headline, None);
     }
 }

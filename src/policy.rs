@@ -108,6 +108,8 @@ pub struct Profile {
     pub access: bool,
     /// One entry per route, then one for requests that match no route.
     pub by_route: Vec<LimitSet>,
+    /// The penalty box rule, if the plan has one.
+    pub penalty: Option<crate::limiter::penalty::Penalty>,
 }
 
 /// The compiled policy: everything a request needs to know which limits apply.
@@ -147,26 +149,41 @@ impl Policy {
         route.map_or(1, |r| self.routes[r].cost)
     }
 
-    /// Turns limits into counter checks for one caller.
+    /// Turns limits into counter checks for one caller. Concurrency limits (last in every
+    /// limit set) are not counters and are left out, so check `i` is limit `i`.
     pub fn checks(limits: &[Limit], identity: &Identity, client_ip: IpAddr, cost: u32) -> Checks {
         limits
             .iter()
+            .take_while(|limit| limit.algorithm != Algorithm::Concurrency)
             .map(|limit| Check {
-                key: CounterKey {
-                    limit: limit.id,
-                    subject: match limit.scope {
-                        Scope::Key => identity.subject,
-                        Scope::Org => identity.org.unwrap_or(identity.subject),
-                        Scope::Ip => ip_hash(client_ip),
-                        Scope::Global => 0,
-                    },
-                },
+                key: Self::counter(limit, identity, client_ip),
                 algorithm: limit.algorithm,
                 quota: limit.quota,
                 cost,
                 shadow: limit.shadow,
             })
             .collect()
+    }
+
+    /// The concurrency limits of a limit set (its tail), with their index in it.
+    pub fn concurrency(limits: &[Limit]) -> impl Iterator<Item = (usize, &Limit)> {
+        limits
+            .iter()
+            .enumerate()
+            .skip_while(|(_, limit)| limit.algorithm != Algorithm::Concurrency)
+    }
+
+    /// The counter `limit` uses for this caller.
+    pub fn counter(limit: &Limit, identity: &Identity, client_ip: IpAddr) -> CounterKey {
+        CounterKey {
+            limit: limit.id,
+            subject: match limit.scope {
+                Scope::Key => identity.subject,
+                Scope::Org => identity.org.unwrap_or(identity.subject),
+                Scope::Ip => ip_hash(client_ip),
+                Scope::Global => 0,
+            },
+        }
     }
 }
 
@@ -249,8 +266,30 @@ pub fn describe(limit: &Limit) -> String {
         String::new()
     };
     let shadow = if limit.shadow { " shadow" } else { "" };
+    let delay = if quota.delay() > 0 {
+        format!(
+            " delay {}ms",
+            quota.delay().div_ceil(crate::limiter::clock::MILLISECOND)
+        )
+    } else {
+        String::new()
+    };
+    if limit.algorithm == Algorithm::Concurrency {
+        let scope = match limit.scope {
+            Scope::Key => "per key",
+            Scope::Org => "per org",
+            Scope::Ip => "per ip",
+            Scope::Global => "global",
+        };
+        return format!(
+            "{}: {} in flight {scope}{shadow} ({})",
+            limit.name,
+            quota.limit(),
+            limit.origin.as_str()
+        );
+    }
     format!(
-        "{}: {rate} {}{burst} per {:?}{shadow} ({})",
+        "{}: {rate} {}{burst}{delay} per {:?}{shadow} ({})",
         limit.name,
         limit.algorithm,
         limit.scope,

@@ -21,12 +21,18 @@ use crate::config::Config;
 use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending};
 use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
-use crate::limiter::store::{OnError, Store};
-use crate::limiter::Decision;
+use crate::limiter::concurrency::{Held, InFlight};
+use crate::limiter::penalty::{MemoryPenalties, Penalties};
+use crate::limiter::store::Store;
+use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, Rejection};
 use crate::telemetry::{self, Timers, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
+
+mod enforce;
+
+use enforce::Enforced;
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,6 +67,10 @@ pub struct Gateway {
     pub store: Arc<dyn Store>,
     /// The only source of time.
     pub clock: Arc<dyn Clock>,
+    /// The penalty box.
+    pub penalties: Arc<dyn Penalties>,
+    /// Concurrency slots in flight.
+    pub in_flight: InFlight,
     /// Idempotency records of routes that take keys.
     pub idempotency: Idempotency,
     timers: Timers,
@@ -72,6 +82,7 @@ impl Gateway {
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let records =
             MemoryRecords::new(config.idempotency.max_entries, config.idempotency.max_bytes);
+        let penalties = Arc::new(MemoryPenalties::new(config.store.max_entries));
         let mut snapshot = Snapshot::new(config);
         snapshot.loaded_at = clock.now();
         Self {
@@ -79,9 +90,17 @@ impl Gateway {
             store,
             clock,
             idempotency: Idempotency::new(Arc::new(records)),
+            penalties,
+            in_flight: InFlight::new(),
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
+    }
+
+    /// The same gateway with another penalty box backend (the memory one is the default).
+    pub fn with_penalties(mut self, penalties: Arc<dyn Penalties>) -> Self {
+        self.penalties = penalties;
+        self
     }
 
     /// Handles one request from `peer`, which came over TLS when `tls`.
@@ -124,11 +143,17 @@ impl Gateway {
         }
         let body = RequestBody::new(body, max_body);
 
-        let identity = match policy.identifier.identify(&parts, client_ip) {
+        let identity = match policy.identifier.identify(&parts, client_ip, now) {
             Ok(identity) => identity,
             Err(why) => {
-                if why == Unidentified::UnknownKey {
-                    tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                match why {
+                    Unidentified::UnknownKey => {
+                        tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                    }
+                    Unidentified::InvalidToken(error) => {
+                        tracing::debug!(%error, request_id, "JWT rejected");
+                    }
+                    Unidentified::NoKey => {}
                 }
                 return Ok(self.finish(
                     reply.reject(Rejection::Unauthorized, None, &[]),
@@ -171,40 +196,37 @@ impl Gateway {
                     body,
                     pending,
                     (peer, tls),
+                    (None, &[]),
                     None,
-                    &[],
                     &reply,
                 )
                 .await;
             return Ok(self.finish(response, &reply, Verdict::Exempt, false));
         };
-        let checks = Policy::checks(limits, &identity, client_ip, policy.cost(route));
-        let decision = match self.store.check(&checks, now).resolve().await {
-            Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
-            Err(error) => {
-                // The breaker logs the outage once; each request only counts.
-                tracing::debug!(%error, "store failed");
-                if self.store.on_error() == OnError::Deny {
-                    telemetry::store_fail_closed();
-                    let response = reply.reject(Rejection::Unavailable, None, &[]);
-                    return Ok(self.finish(response, &reply, Verdict::Unavailable, false));
-                }
-                telemetry::store_fail_open();
-                let mut decision = Decision::allow_all();
-                decision.degraded = true;
-                decision
+        let enforced = self
+            .enforce(
+                &reply,
+                profile,
+                &identity,
+                client_ip,
+                limits,
+                policy.cost(route),
+            )
+            .await;
+        let (decision, permit, verdict) = match enforced {
+            Enforced::Reject(response, verdict) => {
+                return Ok(self.finish(response, &reply, verdict, false));
             }
+            Enforced::Forward {
+                decision,
+                permit,
+                verdict,
+            } => (decision, permit, verdict),
         };
-        self.timers
-            .limiter
-            .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
-        if !decision.allowed {
-            let response = reply.reject(Rejection::Limited, Some(&decision), limits);
-            return Ok(self.finish(response, &reply, Verdict::Limited, false));
-        }
         let near_limit = decision
             .headline()
             .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
+        let held = permit.map(|permit| Held(Arc::new(permit)));
         let response = self
             .forward(
                 &snapshot,
@@ -212,12 +234,12 @@ impl Gateway {
                 body,
                 pending,
                 (peer, tls),
-                Some(&decision),
-                limits,
+                (Some(&decision), limits),
+                held,
                 &reply,
             )
             .await;
-        Ok(self.finish(response, &reply, Verdict::Allowed, near_limit))
+        Ok(self.finish(response, &reply, verdict, near_limit))
     }
 
     /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
@@ -265,6 +287,8 @@ impl Gateway {
         self.finish(response, reply, verdict, false)
     }
 
+    /// Forwards the request; `held` (concurrency slots) stays taken until the response body
+    /// ends, the client leaves, or the upstream fails.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -273,10 +297,15 @@ impl Gateway {
         body: RequestBody,
         pending: Pending,
         (peer, tls): (SocketAddr, bool),
-        decision: Option<&Decision>,
-        limits: &[Limit],
+        (decision, limits): (Option<&Decision>, &[Limit]),
+        held: Option<Held>,
         reply: &Reply<'_>,
     ) -> Response<Body> {
+        if let (Some(held), Some(hold)) = (&held, parts.extensions.get::<crate::tunnel::Hold>()) {
+            // An upgrade keeps its concurrency slots for the life of the tunnel, not the
+            // (empty) body of the 101.
+            hold.keep(held.0.clone());
+        }
         let forwarded = Forwarded {
             peer: peer.ip(),
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
@@ -294,6 +323,9 @@ impl Gateway {
             Ok(mut response) => {
                 if let Some(tunnel) = tunnel {
                     tunnel.open(&mut response);
+                }
+                if let Some(held) = held {
+                    response.body_mut().hold(held);
                 }
                 snapshot.config.responses.write_limit_headers(
                     response.headers_mut(),
@@ -356,6 +388,25 @@ struct Reply<'a> {
 }
 
 impl Reply<'_> {
+    /// The penalty box's 429: `Retry-After` and the reset are the end of the block.
+    fn penalised(&self, until: Nanos) -> Response<Body> {
+        let blocked = Outcome {
+            allowed: false,
+            limit: 0,
+            remaining: 0,
+            reset: until,
+            retry_after: until.saturating_sub(self.now),
+        };
+        let decision = Decision {
+            outcomes: std::iter::once(blocked).collect(),
+            allowed: false,
+            violated: 1,
+            headline: Some(0),
+            ..Decision::default()
+        };
+        self.reject(Rejection::Penalised, Some(&decision), &[])
+    }
+
     fn reject(
         &self,
         rejection: Rejection,

@@ -52,7 +52,7 @@ pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     /// Status code.
     pub status: StatusCode,
@@ -69,6 +69,8 @@ pub struct Reply {
 pub enum Rejection {
     /// A limit rejected the request.
     Limited,
+    /// The identity is in the penalty box.
+    Penalised,
     /// No valid identity.
     Unauthorized,
     /// The plan has no access.
@@ -96,6 +98,8 @@ pub struct Responses {
     pub reset: ResetStyle,
     /// 429.
     pub limited: Reply,
+    /// 429 from the penalty box (by default the same as `limited`).
+    pub penalised: Reply,
     /// 401.
     pub unauthorized: Reply,
     /// 403.
@@ -139,6 +143,7 @@ impl Responses {
     pub fn reply(&self, rejection: Rejection) -> &Reply {
         match rejection {
             Rejection::Limited => &self.limited,
+            Rejection::Penalised => &self.penalised,
             Rejection::Unauthorized => &self.unauthorized,
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
@@ -165,7 +170,8 @@ impl Responses {
         let headline = decision.and_then(|d| d.headline.map(|i| (&d.outcomes[i], limits.get(i))));
         let (outcome, limit) = match headline {
             Some((outcome, limit)) => (*outcome, limit),
-            None if decision.is_some_and(|d| d.outcomes.is_empty() && d.allowed) => return,
+            // Nothing checked (exempt, fail-open) or only shadow limits: no headers.
+            None if decision.is_some_and(|d| d.allowed) => return,
             None => (
                 Outcome {
                     allowed: false,
@@ -316,12 +322,14 @@ impl Values for Rendering<'_, '_> {
             Var::ViolatedPolicies => {
                 out.push('[');
                 if let Some(decision) = cx.decision {
-                    for (n, i) in decision.violated().enumerate() {
+                    // A violation with no limit behind it (the penalty box) names none.
+                    let names = decision.violated().filter_map(|i| cx.limits.get(i));
+                    for (n, limit) in names.enumerate() {
                         if n > 0 {
                             out.push(',');
                         }
                         out.push('"');
-                        template::escape_json_into(cx.limits.get(i).map_or("", |l| &l.name), out);
+                        template::escape_json_into(&limit.name, out);
                         out.push('"');
                     }
                 }

@@ -27,6 +27,14 @@ pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
 pub const STORE_OVERFLOW: &str = "sluice_store_overflow_total";
+/// Blocks started by the penalty box.
+pub const PENALTIES: &str = "sluice_penalties_total";
+/// Identities blocked by the penalty box (refreshed on every sweep).
+pub const PENALTY_BLOCKED: &str = "sluice_penalty_blocked_identities";
+/// Concurrency slots held by requests in flight.
+pub const IN_FLIGHT: &str = "sluice_concurrency_in_flight";
+/// Requests waiting for their slot under a `delay` (smoothing) right now.
+pub const DELAYED: &str = "sluice_delayed_requests";
 /// Time of one call to the Redis store, in seconds.
 pub const STORE_DURATION: &str = "sluice_store_duration_seconds";
 /// Failed Redis store calls by kind (`timeout`, `unavailable`).
@@ -86,23 +94,29 @@ pub enum Verdict {
     Unauthorized = 3,
     /// The route is exempt from limits.
     Exempt = 4,
+    /// The identity is in the penalty box.
+    Penalised = 5,
+    /// Forwarded, but a shadow limit would have rejected it.
+    ShadowLimited = 6,
     /// The store failed and `on_error: deny` answered 503.
-    Unavailable = 5,
+    Unavailable = 7,
     /// The body was over the route's `max_body` (413).
-    TooLarge = 6,
+    TooLarge = 8,
     /// Answered with the stored response of an idempotency key.
-    Replayed = 7,
+    Replayed = 9,
     /// Refused under the idempotency rules (409, 422).
-    Refused = 8,
+    Refused = 10,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 9] = [
+    const ALL: [Verdict; 11] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
         Verdict::Unauthorized,
         Verdict::Exempt,
+        Verdict::Penalised,
+        Verdict::ShadowLimited,
         Verdict::Unavailable,
         Verdict::TooLarge,
         Verdict::Replayed,
@@ -118,6 +132,8 @@ impl Verdict {
             Verdict::Unauthorized => "unauthorized",
             Verdict::Exempt => "exempt",
             Verdict::TooLarge => "too_large",
+            Verdict::Penalised => "penalised",
+            Verdict::ShadowLimited => "shadow_limited",
             Verdict::Unavailable => "unavailable",
             Verdict::Replayed => "replayed",
             Verdict::Refused => "refused",
@@ -233,6 +249,17 @@ pub fn upstream_error(kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
 }
 
+/// Counts a block started by the penalty box.
+pub fn penalty_started() {
+    metrics::counter!(PENALTIES).increment(1);
+    metrics::gauge!(PENALTY_BLOCKED).increment(1.0);
+}
+
+/// Sets the number of identities in the penalty box.
+pub fn penalty_blocked(blocked: usize) {
+    metrics::gauge!(PENALTY_BLOCKED).set(blocked as f64);
+}
+
 /// Counts a decision taken on the overflow counter.
 pub fn store_overflow() {
     metrics::counter!(STORE_OVERFLOW).increment(1);
@@ -327,6 +354,10 @@ pub fn install_metrics() -> PrometheusHandle {
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(TUNNELS_OPEN).set(0.0);
+    metrics::counter!(PENALTIES).absolute(0);
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DELAYED).set(0.0);
+    metrics::gauge!(PENALTY_BLOCKED).set(0.0);
     metrics::gauge!(STORE_ENTRIES).set(0.0);
     for kind in ["timeout", "unavailable"] {
         metrics::counter!(STORE_ERRORS, "kind" => kind).absolute(0);
@@ -385,6 +416,16 @@ fn describe() {
     describe_gauge!(
         TUNNELS_OPEN,
         "Upgraded connections (WebSocket tunnels) open now."
+    );
+    describe_counter!(PENALTIES, "Blocks started by the penalty box.");
+    describe_gauge!(
+        DELAYED,
+        "Requests waiting for their slot under a delay (smoothing)."
+    );
+    describe_gauge!(IN_FLIGHT, "Concurrency slots held by requests in flight.");
+    describe_gauge!(
+        PENALTY_BLOCKED,
+        "Identities blocked by the penalty box (refreshed every sweep)."
     );
     describe_histogram!(
         STORE_DURATION,

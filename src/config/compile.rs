@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::idempotency;
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
+use crate::limiter::penalty::Penalty;
 use crate::limiter::window::SLIDING_MAX_LIMIT;
 use crate::limiter::{Algorithm, Quota};
 use crate::policy::matcher::{HostPattern, MethodSet, PathPattern};
@@ -56,6 +58,10 @@ struct Compiler {
     problems: Vec<Problem>,
     source: Source,
     defaults: (AlgorithmName, Scope),
+    /// Directory relative file names (JWT keys) are resolved against.
+    dir: Option<PathBuf>,
+    /// Policy-wide shadow mode: every limit is a shadow limit.
+    shadow_all: bool,
     /// Limits must fit the Redis script's arithmetic.
     redis: bool,
 }
@@ -69,6 +75,8 @@ struct Spec {
     scope: Scope,
     burst: Option<u32>,
     shadow: bool,
+    /// Smoothing: how long a request may wait, and how many of one subject may.
+    delay: Option<(Duration, Option<u32>)>,
 }
 
 /// A route's limits while overrides are applied: `None` = exempt route, inner `None` = removed.
@@ -76,10 +84,21 @@ type RouteSlots = Option<Vec<Option<(Spec, Origin)>>>;
 
 /// Compiles a parsed file (and its keys file) into the runtime config.
 pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Problem>> {
+    compile_in(file, keys_file, None)
+}
+
+/// As [`compile`], resolving relative file names (JWT keys) against `dir`.
+pub fn compile_in(
+    file: File,
+    keys_file: Vec<KeyEntry>,
+    dir: Option<&Path>,
+) -> Result<Config, Vec<Problem>> {
     let mut c = Compiler {
         problems: Vec::new(),
         source: Source::Main,
         defaults: (file.defaults.algorithm, file.defaults.per),
+        dir: dir.map(Path::to_path_buf),
+        shadow_all: file.shadow.unwrap_or(false),
         redis: file.store.backend == file::Backend::Redis,
     };
     if let (true, Some(url)) = (c.redis, &file.store.url) {
@@ -110,18 +129,23 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
         }
     }
     let empty_plan = file::PlanFile::default();
+    let global_penalty = file.penalty.as_ref().and_then(|p| c.penalty(p, "penalty"));
     let mut profiles = Vec::new();
     for (index, name) in plan_names.iter().enumerate() {
         let plan = file.plans.get(&**name).unwrap_or(&empty_plan);
         let path = format!("plans.{name}");
-        let profile = c.profile(
+        let mut profile = c.profile(
             name,
             index,
             plan.access != Some(file::Access::Deny),
             &routes_and_specs,
             &route_limit_names,
-            &[(&plan.limits, Origin::Plan, path)],
+            &[(&plan.limits, Origin::Plan, path.clone())],
         );
+        profile.penalty = match &plan.penalty {
+            Some(own) => c.penalty(own, &format!("{path}.penalty")),
+            None => global_penalty,
+        };
         profiles.push(profile);
     }
 
@@ -156,7 +180,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
         } else {
             let base = &file.plans.get(plan_name).unwrap_or(&empty_plan).limits;
             let plan_path = format!("plans.{plan_name}");
-            let profile = c.profile(
+            let mut profile = c.profile(
                 &plan_names[plan],
                 plan,
                 profiles[plan].access,
@@ -167,6 +191,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
                     (&entry.limits, Origin::Key, path.clone()),
                 ],
             );
+            profile.penalty = profiles[plan].penalty;
             profiles.push(profile);
             profiles.len() - 1
         };
@@ -200,7 +225,7 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     }
     c.source = Source::Main;
 
-    let identifier = c.identifier(&file, registry, &plan_index);
+    let identifier = c.identifier(&file, registry, &plan_index, &plan_names);
     let responses = c.responses(&file.responses);
     let upstream = c.upstream(&file.upstream);
     let tls = file.tls.as_ref().and_then(|tls| c.tls(tls));
@@ -402,6 +427,7 @@ impl Compiler {
             scope: self.defaults.1,
             burst: None,
             shadow: false,
+            delay: None,
         }
     }
 
@@ -413,26 +439,67 @@ impl Compiler {
         base: Option<&Spec>,
         path: &str,
     ) -> Option<Spec> {
-        let Some(rate) = full.rate.or(base.map(|b| b.rate)) else {
+        let concurrency = full.concurrency.map(|n| Rate {
+            count: n,
+            period: Duration::from_secs(1),
+        });
+        if concurrency.is_some() && full.rate.is_some() {
             self.problem(
                 path.into(),
-                "a limit needs a `rate`, e.g. `rate: 100/min`".into(),
+                "a limit has either a `rate` or a `concurrency`, not both".into(),
+            );
+        }
+        if full.algorithm == Some(AlgorithmName::Concurrency) && full.concurrency.is_none() {
+            self.problem(
+                path.into(),
+                "a concurrency limit needs `concurrency: N` (requests in flight at once)".into(),
             );
             return None;
+        }
+        let Some(rate) = concurrency.or(full.rate).or(base.map(|b| b.rate)) else {
+            self.problem(
+                path.into(),
+                "a limit needs a `rate`, e.g. `rate: 100/min`, or a `concurrency: N`".into(),
+            );
+            return None;
+        };
+        let algorithm = match (concurrency, full.algorithm) {
+            (Some(_), Some(other)) if other != AlgorithmName::Concurrency => {
+                self.problem(
+                    path.into(),
+                    format!(
+                        "`concurrency` counts requests in flight; it cannot be {}",
+                        algorithm(other)
+                    ),
+                );
+                other
+            }
+            (Some(_), _) => AlgorithmName::Concurrency,
+            (None, given) => given
+                .or(base.map(|b| b.algorithm))
+                .unwrap_or(self.defaults.0),
         };
         Some(Spec {
             name: full.name.as_deref().map(Arc::from).unwrap_or(name),
             rate,
-            algorithm: full
-                .algorithm
-                .or(base.map(|b| b.algorithm))
-                .unwrap_or(self.defaults.0),
+            algorithm,
             scope: full
                 .per
                 .or(base.map(|b| b.scope))
                 .unwrap_or(self.defaults.1),
             burst: full.burst.or(base.and_then(|b| b.burst)),
             shadow: full.shadow.or(base.map(|b| b.shadow)).unwrap_or(false),
+            delay: match (full.delay, full.max_delayed) {
+                (Some(delay), max) => Some((delay.0, max)),
+                (None, Some(_)) => {
+                    self.problem(
+                        path.into(),
+                        "`max_delayed` bounds the requests waiting under a `delay`; set `delay` too".into(),
+                    );
+                    None
+                }
+                (None, None) => base.and_then(|b| b.delay),
+            },
         })
     }
 
@@ -457,6 +524,15 @@ impl Compiler {
                 format!("limit \"{}\": a sliding window counts at most {SLIDING_MAX_LIMIT} per period; use token_bucket for higher rates", spec.name),
             );
         }
+        if spec.delay.is_some() && algorithm != Algorithm::TokenBucket {
+            self.problem(
+                path.into(),
+                format!(
+                    "limit \"{}\": `delay` applies to token_bucket only",
+                    spec.name
+                ),
+            );
+        }
         if spec.burst.is_some() && algorithm != Algorithm::TokenBucket {
             self.problem(
                 path.into(),
@@ -476,13 +552,30 @@ impl Compiler {
         } else {
             spec.rate.count
         };
-        if cost > capacity {
+        // A concurrency limit counts requests, whatever their cost.
+        if cost > capacity && algorithm != Algorithm::Concurrency {
             self.problem(
                 path.into(),
                 format!("limit \"{}\" holds {capacity} units but one request costs {cost}: no request could ever pass", spec.name),
             );
         }
-        Some(quota)
+        // The wait is bounded by `delay` and by `max_delayed` requests of one subject: with
+        // slots reserved at admission, N waiting requests span N emission intervals.
+        let delay = spec.delay.map_or(0, |(delay, max)| {
+            let delay = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+            let by_count = max.map_or(u64::MAX, |n| {
+                u64::from(n).saturating_mul(quota.emission_interval())
+            });
+            delay.min(by_count)
+        });
+        if delay > 0 && self.redis {
+            // The Redis script's GCRA has no delay tolerance: say so rather than reject silently.
+            self.problem(
+                path.into(),
+                format!("limit \"{}\": `delay` works with the memory store only, not with `backend: redis` yet", spec.name),
+            );
+        }
+        Some(quota.with_delay(delay))
     }
 
     fn limit(
@@ -493,7 +586,10 @@ impl Compiler {
         cost: u32,
         path: &str,
     ) -> Option<Limit> {
+        let shadow = spec.shadow || self.shadow_all;
         let quota = self.quota(spec, cost, path)?;
+        // A shadow limit never rejects, so it never makes a request wait either.
+        let quota = if shadow { quota.with_delay(0) } else { quota };
         let algorithm = algorithm(spec.algorithm);
         let group = if plan_wide { "plan" } else { "route" };
         let id = stable_hash(&format!(
@@ -508,7 +604,7 @@ impl Compiler {
             algorithm,
             quota,
             scope: spec.scope,
-            shadow: spec.shadow,
+            shadow,
             origin,
         })
     }
@@ -622,6 +718,8 @@ impl Compiler {
                     })
                     .collect();
                 out.extend(plan_wide_limit(self, cost));
+                // Concurrency limits go last: `Policy::checks` covers exactly the counted prefix.
+                out.sort_by_key(|l| l.algorithm == Algorithm::Concurrency);
                 if out.len() > MAX_LIMITS_PER_REQUEST {
                     self.problem(
                         format!("routes[{r}].limit"),
@@ -643,6 +741,7 @@ impl Compiler {
             plan_index,
             access,
             by_route,
+            penalty: None,
         }
     }
 
@@ -651,6 +750,7 @@ impl Compiler {
         file: &File,
         registry: Registry,
         plan_index: &dyn Fn(&str) -> Option<usize>,
+        plan_names: &[Arc<str>],
     ) -> Identifier {
         let mut sources = Vec::new();
         let mut trusted_proxies = Vec::new();
@@ -677,6 +777,13 @@ impl Compiler {
                         sources.push(KeySource::Query(query.clone()));
                     } else {
                         sources.push(KeySource::Bearer);
+                    }
+                }
+                file::IdentifySource::Jwt(source) => {
+                    if let Some(jwt) =
+                        self.jwt(source, &format!("{path}.jwt"), plan_index, plan_names)
+                    {
+                        sources.push(KeySource::Jwt(Arc::new(jwt)));
                     }
                 }
                 file::IdentifySource::Ip(ip) => {
@@ -809,15 +916,25 @@ impl Compiler {
                     body,
                 }
             };
+        let limited = reply(
+            self,
+            "limited",
+            file.limited.as_ref(),
+            (429, response::DEFAULT_LIMITED),
+        );
         Responses {
             style: file.headers.unwrap_or(file::HeaderStyle::XRatelimit),
             reset: file.reset.unwrap_or(file::ResetStyle::UnixSeconds),
-            limited: reply(
-                self,
-                "limited",
-                file.limited.as_ref(),
-                (429, response::DEFAULT_LIMITED),
-            ),
+            penalised: match &file.penalised {
+                Some(given) => reply(
+                    self,
+                    "penalised",
+                    Some(given),
+                    (429, response::DEFAULT_LIMITED),
+                ),
+                None => limited.clone(),
+            },
+            limited,
             unauthorized: reply(
                 self,
                 "unauthorized",
@@ -867,6 +984,27 @@ impl Compiler {
                 (422, response::DEFAULT_IDEMPOTENCY_MISMATCH),
             ),
         }
+    }
+
+    fn penalty(&mut self, file: &file::PenaltyFile, path: &str) -> Option<Penalty> {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let violations = NonZeroU32::new(file.violations);
+        if violations.is_none() {
+            self.problem(format!("{path}.violations"), "must be at least 1".into());
+        }
+        for (field, value) in [("within", file.within.0), ("block_for", file.block_for.0)] {
+            if value.is_zero() {
+                self.problem(
+                    format!("{path}.{field}"),
+                    "must be greater than zero".into(),
+                );
+            }
+        }
+        Some(Penalty {
+            violations: violations?,
+            within: nanos(file.within.0).max(1),
+            block_for: nanos(file.block_for.0).max(1),
+        })
     }
 
     fn upstream(&mut self, file: &file::Upstream) -> UpstreamSettings {
@@ -1216,6 +1354,7 @@ fn algorithm(name: AlgorithmName) -> Algorithm {
         AlgorithmName::FixedWindow => Algorithm::FixedWindow,
         AlgorithmName::SlidingWindow => Algorithm::SlidingWindow,
         AlgorithmName::TokenBucket => Algorithm::TokenBucket,
+        AlgorithmName::Concurrency => Algorithm::Concurrency,
     }
 }
 
@@ -1241,6 +1380,8 @@ fn parse_cidr(text: &str) -> Option<IpNet> {
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
+
+mod jwt;
 
 #[cfg(test)]
 mod tests;

@@ -58,6 +58,12 @@ pub struct File {
     /// Defaults for every limit.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Shadow mode for the whole policy: every limit counts and reports, none rejects.
+    #[serde(default)]
+    pub shadow: Option<bool>,
+    /// The penalty box for every plan that sets none of its own.
+    #[serde(default)]
+    pub penalty: Option<PenaltyFile>,
     /// Status codes, headers and bodies.
     #[serde(default)]
     pub responses: Responses,
@@ -207,8 +213,55 @@ pub struct UpstreamTlsFile {
 pub enum IdentifySource {
     /// An API key.
     ApiKey(ApiKeySource),
+    /// A signed JSON Web Token: its subject is the caller, its claims may name plan and org.
+    Jwt(Box<JwtSource>),
     /// The client IP: callers without a key are limited by IP under the anonymous plan.
     Ip(IpSource),
+}
+
+/// A JWT source: which algorithms, which key, which claims.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSource {
+    /// Accepted algorithms, all of one family: `HS256`/`HS384`/`HS512`, `RS256`... `PS512`,
+    /// `ES256`/`ES384`, or `EdDSA`.
+    pub algorithms: Vec<String>,
+    /// HMAC: environment variable holding the shared secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// HMAC: file holding the shared secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// RSA/EC/EdDSA: PEM file of the public key.
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    /// RSA/EC/EdDSA: JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Header carrying the token (default `Authorization`, as `Bearer <token>`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` (the token's `aud` must contain it).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 30s).
+    #[serde(default)]
+    pub leeway: Option<HumanDuration>,
+    /// Claim naming the caller (default `sub`).
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// Claim naming the caller's plan; absent or unknown plan names mean `plan`.
+    #[serde(default)]
+    pub plan_claim: Option<String>,
+    /// Claim naming the caller's organisation, for `per: org` limits.
+    #[serde(default)]
+    pub org_claim: Option<String>,
+    /// Plan of tokens whose plan claim is absent or names no plan (default `default`).
+    #[serde(default)]
+    pub plan: Option<String>,
 }
 
 /// Where an API key is read from: exactly one of the fields.
@@ -321,6 +374,21 @@ pub struct PlanFile {
     /// `all` = plan-wide limit over every request; any other name overrides that route limit.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitValue>,
+    /// This plan's penalty box (replaces the top-level one).
+    #[serde(default)]
+    pub penalty: Option<PenaltyFile>,
+}
+
+/// Penalty box: `violations` rejections within `within` block the caller for `block_for`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltyFile {
+    /// Rejections that earn a block.
+    pub violations: u32,
+    /// The period they must fall in, counted from the first.
+    pub within: HumanDuration,
+    /// How long the block lasts.
+    pub block_for: HumanDuration,
 }
 
 /// Whether a plan may use the API.
@@ -483,6 +551,15 @@ pub struct LimitFile {
     /// Token bucket capacity (default: the rate's count).
     #[serde(default)]
     pub burst: Option<u32>,
+    /// At most this many requests in flight at once (instead of a `rate`).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Token bucket: a request that does not fit may wait this long for its slot.
+    #[serde(default)]
+    pub delay: Option<HumanDuration>,
+    /// Token bucket with `delay`: at most this many requests of one subject waiting.
+    #[serde(default)]
+    pub max_delayed: Option<u32>,
     /// Count and report, never reject.
     #[serde(default)]
     pub shadow: Option<bool>,
@@ -498,6 +575,8 @@ pub enum AlgorithmName {
     SlidingWindow,
     /// GCRA.
     TokenBucket,
+    /// At most N requests in flight (set with `concurrency: N`).
+    Concurrency,
 }
 
 /// What a limit counts.
@@ -556,6 +635,9 @@ pub struct Responses {
     /// Rejected by a limit (429).
     #[serde(default)]
     pub limited: Option<ResponseFile>,
+    /// Blocked by the penalty box (default: as `limited`).
+    #[serde(default)]
+    pub penalised: Option<ResponseFile>,
     /// No identity or a rejected key (401).
     #[serde(default)]
     pub unauthorized: Option<ResponseFile>,

@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 
 use super::{count, storable, stored_headers, Answer, Record, RecordKey, RecordStore};
 use crate::body::{Body, RequestBody};
+use crate::limiter::concurrency::Held;
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
 /// The first request's claim on its key, if it has one. Dropped unfilled (limited, or
@@ -159,6 +160,12 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// Keeps the request's concurrency slots until the body ends (here or in the
+    /// background, if the client leaves first).
+    pub fn hold(&mut self, held: Held) {
+        self.inner.hold(held);
+    }
+
     fn data(&mut self, chunk: &Bytes) {
         let Some(claim) = &self.claim else { return };
         if (self.copy.len() + chunk.len()) as u64 > claim.max_body {

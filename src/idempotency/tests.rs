@@ -31,7 +31,7 @@ fn parts(method: &str, uri: &str, key: Option<&str>) -> Parts {
 fn key_of(config: &Config, parts: &Parts, ip: [u8; 4], route: &str, value: &str) -> RecordKey {
     let ip = IpAddr::from(Ipv4Addr::from(ip));
     let identifier = &config.policy.identifier;
-    let identity = identifier.identify(parts, ip).unwrap();
+    let identity = identifier.identify(parts, ip, 0).unwrap();
     record_key(identifier, &identity, ip, parts, route, value.as_bytes())
 }
 

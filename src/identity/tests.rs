@@ -43,12 +43,12 @@ fn keys_come_from_header_bearer_or_query() {
     let bearer = parts(Request::builder().header("authorization", "Bearer clear-key"));
     let query = parts(Request::builder().uri("/x?a=1&api_key=clear-key"));
     for p in [&header, &bearer, &query] {
-        let who = id.identify(p, IP).unwrap();
+        let who = id.identify(p, IP, 0).unwrap();
         assert_eq!((who.kind, who.profile, who.org), (Kind::Key, 1, Some(9)));
         assert_eq!(who.subject, subject_hash(b'k', b"clear-key"));
     }
     let basic = parts(Request::builder().header("authorization", "Basic clear-key"));
-    assert_eq!(id.identify(&basic, IP), Err(Unidentified::NoKey));
+    assert_eq!(id.identify(&basic, IP, 0), Err(Unidentified::NoKey));
 }
 
 #[test]
@@ -58,6 +58,7 @@ fn hashed_keys_are_found_by_digest() {
         .identify(
             &parts(Request::builder().header("x-api-key", "hashed-key")),
             IP,
+            0,
         )
         .unwrap();
     assert_eq!(who.profile, 2);
@@ -67,24 +68,27 @@ fn hashed_keys_are_found_by_digest() {
 fn fallbacks_for_unknown_and_missing_keys() {
     let reject = identifier(Fallback::Reject, Fallback::Reject);
     let unknown = parts(Request::builder().header("x-api-key", "who"));
-    assert_eq!(reject.identify(&unknown, IP), Err(Unidentified::UnknownKey));
     assert_eq!(
-        reject.identify(&parts(Request::builder()), IP),
+        reject.identify(&unknown, IP, 0),
+        Err(Unidentified::UnknownKey)
+    );
+    assert_eq!(
+        reject.identify(&parts(Request::builder()), IP, 0),
         Err(Unidentified::NoKey)
     );
 
     let lenient = identifier(Fallback::PerIp(3), Fallback::PerKey(4));
-    let a = lenient.identify(&unknown, IP).unwrap();
+    let a = lenient.identify(&unknown, IP, 0).unwrap();
     assert_eq!((a.kind, a.profile), (Kind::UnknownKey, 4));
     // An unknown key never shares a counter with the registered key of the same text.
     assert_ne!(a.subject, subject_hash(b'k', b"who"));
-    let anon = lenient.identify(&parts(Request::builder()), IP).unwrap();
+    let anon = lenient.identify(&parts(Request::builder()), IP, 0).unwrap();
     assert_eq!(
         (anon.kind, anon.profile, anon.subject),
         (Kind::Ip, 3, ip_hash(IP))
     );
     let by_ip = identifier(Fallback::Reject, Fallback::PerIp(5))
-        .identify(&unknown, IP)
+        .identify(&unknown, IP, 0)
         .unwrap();
     assert_eq!((by_ip.kind, by_ip.subject), (Kind::Ip, ip_hash(IP)));
 }

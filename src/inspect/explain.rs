@@ -28,7 +28,10 @@ pub fn explain(
     let _ = writeln!(out, "client:   {client_ip}{default_ip}");
 
     let route = policy.find(&parts);
-    let identity = match policy.identifier.identify(&parts, client_ip) {
+    let identity = match policy.identifier.identify(&parts, client_ip, {
+        use crate::limiter::clock::Clock as _;
+        crate::limiter::clock::SystemClock::new().now()
+    }) {
         Ok(identity) => identity,
         Err(why) => {
             let _ = writeln!(out, "caller:   none");
@@ -103,5 +106,6 @@ fn caller_line(identity: &Identity, caller: &Caller) -> String {
             caller.client_ip()
         ),
         Kind::Ip => format!("client ip {} (no key)", caller.client_ip()),
+        Kind::Jwt => "a verified JWT's subject".into(),
     }
 }

@@ -201,7 +201,7 @@ async fn usage_lists_each_counter_once_with_used_and_remaining() {
     // Three reads and one batch by k-pro; one batch by k-vip (same org: shares `batch`).
     let spend = |caller: &Caller, method: &str, path: &str| {
         let parts = head(&c.policy, caller, method, path).unwrap();
-        let identity = c.policy.identifier.identify(&parts, DEFAULT_IP).unwrap();
+        let identity = c.policy.identifier.identify(&parts, DEFAULT_IP, 0).unwrap();
         let route = c.policy.find(&parts);
         let limits = c.policy.limits(c.policy.profile(&identity), route).unwrap();
         let checks =

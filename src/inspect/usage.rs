@@ -97,7 +97,7 @@ pub async fn usage(
     let client_ip = caller.client_ip();
     let identity = policy
         .identifier
-        .identify(&parts, client_ip)
+        .identify(&parts, client_ip, now)
         .map_err(|why| UsageError::Unidentified(unidentified(why)))?;
     let profile = policy.profile(&identity);
     let view = CallerView {
@@ -105,9 +105,10 @@ pub async fn usage(
             Kind::Key => "key",
             Kind::UnknownKey => "unknown_key",
             Kind::Ip => "ip",
+            Kind::Jwt => "jwt",
         },
         key: match identity.kind {
-            Kind::Ip => None,
+            Kind::Ip | Kind::Jwt => None,
             Kind::Key | Kind::UnknownKey => caller.key.as_deref().map(redact),
         },
         ip: client_ip.to_string(),

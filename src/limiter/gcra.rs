@@ -4,6 +4,11 @@
 //! would be full again. A request of cost `n` moves it `n` emission intervals later and
 //! is admitted if the result is at most `burst` intervals ahead of now. Pure: state in,
 //! outcome and state out; the store decides where the number lives.
+//!
+//! Smoothing: a quota with a `delay` admits a request up to `delay` beyond the tolerance. Its
+//! slot is reserved at admission (the TAT moves as for any request) and the outcome's
+//! `retry_after` is how long the request must wait until it is due, so the requests let
+//! through never run faster than burst plus rate, however many wait.
 
 use super::clock::Nanos;
 use super::{Outcome, Quota, Step};
@@ -15,14 +20,14 @@ pub fn acquire(tat: u64, now: Nanos, quota: &Quota, cost: u32) -> Step {
     let start = tat.max(now);
     let new_tat = start + interval * u64::from(cost);
     let ahead = new_tat - now;
-    if ahead > tolerance {
+    if ahead > tolerance + quota.delay() {
         return Step {
             outcome: Outcome {
                 allowed: false,
                 limit: quota.burst(),
                 remaining: remaining(tolerance, start - now, interval),
                 reset: start,
-                retry_after: ahead - tolerance,
+                retry_after: ahead - tolerance - quota.delay(),
             },
             state: None,
             idle_at: start,
@@ -34,7 +39,7 @@ pub fn acquire(tat: u64, now: Nanos, quota: &Quota, cost: u32) -> Step {
             limit: quota.burst(),
             remaining: remaining(tolerance, ahead, interval),
             reset: new_tat,
-            retry_after: 0,
+            retry_after: ahead.saturating_sub(tolerance),
         },
         state: Some(new_tat),
         idle_at: new_tat,
@@ -123,6 +128,63 @@ mod tests {
         assert!(out.allowed);
         assert_eq!(out.remaining, 5);
         assert_eq!(out.reset, T0);
+    }
+
+    #[test]
+    fn a_delay_spreads_a_double_burst_and_rejects_beyond_it() {
+        // 10/s, burst 10, waiting up to one second: 20 at once all pass, the last ten each
+        // one interval later than the one before; the 21st would wait too long.
+        let q = tps(10).with_delay(SECOND);
+        let mut tat = 0;
+        let mut due = Vec::new();
+        for i in 0..20 {
+            let step = acquire(tat, T0, &q, 1);
+            assert!(step.outcome.allowed, "request {i}");
+            due.push(T0 + step.outcome.retry_after);
+            tat = step.state.unwrap();
+        }
+        assert_eq!(&due[..10], &[T0; 10]);
+        for (k, at) in due[10..].iter().enumerate() {
+            assert_eq!(*at, T0 + (k as u64 + 1) * SECOND / 10);
+        }
+        let step = acquire(tat, T0, &q, 1);
+        assert!(!step.outcome.allowed);
+        assert_eq!(step.outcome.retry_after, SECOND / 10);
+        // A while later the queue has drained by as much as time passed.
+        let later = acquire(tat, T0 + SECOND / 2, &q, 1);
+        assert!(later.outcome.allowed);
+        assert_eq!(later.outcome.retry_after, SECOND / 2 + SECOND / 10);
+    }
+
+    proptest::proptest! {
+        /// However requests arrive, the instants they are let through never exceed
+        /// burst + rate × elapsed, with or without a delay.
+        #[test]
+        fn admitted_never_exceed_burst_plus_rate(
+            gaps in proptest::collection::vec(0u64..200_000_000, 1..200),
+            delay_ms in 0u64..2000,
+        ) {
+            let q = Quota::new(10, SECOND, 5).unwrap().with_delay(delay_ms * 1_000_000);
+            let mut tat = 0;
+            let mut now = T0;
+            let mut due = Vec::new();
+            for gap in gaps {
+                now += gap;
+                let step = acquire(tat, now, &q, 1);
+                if let Some(next) = step.state {
+                    tat = next;
+                    due.push(now + step.outcome.retry_after);
+                }
+            }
+            due.sort_unstable();
+            for (i, &a) in due.iter().enumerate() {
+                for &b in &due[i..] {
+                    let elapsed = b - a;
+                    let admitted = due.iter().filter(|&&d| d >= a && d <= b).count() as u64;
+                    proptest::prop_assert!(admitted <= 5 + elapsed / q.emission_interval());
+                }
+            }
+        }
     }
 
     #[test]

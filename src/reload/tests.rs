@@ -32,7 +32,7 @@ fn allowed(gateway: &Gateway) -> bool {
         ip: None,
     };
     let parts = head(policy, &caller, "GET", "/hello").unwrap();
-    let identity = policy.identifier.identify(&parts, DEFAULT_IP).unwrap();
+    let identity = policy.identifier.identify(&parts, DEFAULT_IP, 0).unwrap();
     let route = policy.find(&parts);
     let limits = policy.limits(policy.profile(&identity), route).unwrap();
     let checks = Policy::checks(limits, &identity, DEFAULT_IP, 1);
@@ -167,7 +167,7 @@ fn the_keys_file_is_part_of_the_config_and_its_hash() {
             .config
             .policy
             .identifier
-            .identify(&parts, DEFAULT_IP)
+            .identify(&parts, DEFAULT_IP, 0)
             .is_err(),
         "k1 left the keys file"
     );

@@ -110,6 +110,120 @@ fn denied_plans_and_default_algorithm() {
 }
 
 #[test]
+fn penalties_come_from_the_plan_or_the_top_level_and_keys_inherit_them() {
+    use crate::limiter::clock::SECOND;
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         penalty: { violations: 10, within: 1m, block_for: 1h }\n\
+         plans: { strict: { penalty: { violations: 2, within: 10s, block_for: 5m } } }\n\
+         keys: [ { key: k, plan: strict, limits: { all: 5/s } } ]\n",
+    );
+    let of = |plan: &str| {
+        let p = c
+            .policy
+            .plan_names
+            .iter()
+            .position(|n| &**n == plan)
+            .unwrap();
+        c.policy.profiles[p].penalty.unwrap()
+    };
+    assert_eq!(
+        (
+            of("default").violations.get(),
+            of("default").within,
+            of("default").block_for
+        ),
+        (10, 60 * SECOND, 3600 * SECOND)
+    );
+    assert_eq!(of("strict").block_for, 300 * SECOND);
+    let key_profile = c.policy.profiles.last().unwrap();
+    assert_eq!(key_profile.penalty, Some(of("strict")));
+
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\npenalty: { violations: 0, within: 0s, block_for: 1h }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:2:24: penalty.violations: must be at least 1\nt.yaml:2:35: penalty.within: must be greater than zero"
+    );
+}
+
+#[test]
+fn concurrency_limits_compile_last_and_stay_out_of_the_counter_checks() {
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         plans: { pro: { limits: { all: 100/min } } }\n\
+         routes:\n  - { name: up, limit: [ { concurrency: 3, name: uploads }, 10/s ] }\n",
+    );
+    let set = limits(&c, "pro", "up").unwrap();
+    let names: Vec<&str> = set.iter().map(|l| &*l.name).collect();
+    assert_eq!(names, ["up#2", "all", "uploads"]);
+    assert_eq!(set[2].algorithm, Algorithm::Concurrency);
+    assert_eq!(set[2].quota.limit(), 3);
+    assert_eq!(
+        crate::policy::describe(&set[2]),
+        "uploads: 3 in flight per key (route)"
+    );
+    let identity = crate::identity::Identity {
+        kind: crate::identity::Kind::Key,
+        subject: 1,
+        org: None,
+        profile: 0,
+    };
+    let checks = crate::policy::Policy::checks(set, &identity, "127.0.0.1".parse().unwrap(), 1);
+    assert_eq!(checks.len(), 2);
+
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: { rate: 1/s, concurrency: 2 } }\n  - { name: b, limit: { algorithm: concurrency } }\n  - { name: c, limit: { concurrency: 2, algorithm: token_bucket } }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:3:23: routes[0].limit: a limit has either a `rate` or a `concurrency`, not both\n\
+         t.yaml:4:23: routes[1].limit: a concurrency limit needs `concurrency: N` (requests in flight at once)\n\
+         t.yaml:5:23: routes[2].limit: `concurrency` counts requests in flight; it cannot be token_bucket"
+    );
+}
+
+#[test]
+fn a_delay_is_bounded_by_max_delayed_and_only_for_token_buckets() {
+    use crate::limiter::clock::{MILLISECOND, SECOND};
+    let c = compile(
+        "upstream: { url: \"demo:\" }\n\
+         routes:\n  - { name: a, limit: { rate: 10/s, algorithm: token_bucket, delay: 2s, max_delayed: 5 } }\n  \
+         - { name: b, limit: { rate: 10/s, algorithm: token_bucket, delay: 300ms } }\n  \
+         - { name: c, limit: { rate: 10/s, algorithm: token_bucket, delay: 1s, shadow: true } }\n",
+    );
+    let delay = |route| limits(&c, "default", route).unwrap()[0].quota.delay();
+    assert_eq!(delay("a"), 5 * SECOND / 10, "five intervals, less than 2s");
+    assert_eq!(delay("b"), 300 * MILLISECOND);
+    assert_eq!(delay("c"), 0, "a shadow limit never makes a request wait");
+    assert_eq!(
+        crate::policy::describe(&limits(&c, "default", "b").unwrap()[0]),
+        "b: 10/s token_bucket delay 300ms per key (route)"
+    );
+    let errors = load_str(
+        "upstream: { url: \"demo:\" }\nroutes:\n  - { name: a, limit: { rate: 1/s, delay: 1s } }\n  - { name: b, limit: { rate: 1/s, algorithm: token_bucket, max_delayed: 3 } }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "t.yaml:3:23: routes[0].limit: limit \"a\": `delay` applies to token_bucket only\n\
+         t.yaml:4:23: routes[1].limit: `max_delayed` bounds the requests waiting under a `delay`; set `delay` too"
+    );
+}
+
+#[test]
 fn a_route_limit_problem_is_reported_once_whatever_the_number_of_plans() {
     let errors = load_str(
         "upstream: { url: \"demo:\" }

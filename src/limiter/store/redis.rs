@@ -223,6 +223,9 @@ impl Shared {
                     Algorithm::FixedWindow => "f",
                     Algorithm::SlidingWindow => "s",
                     Algorithm::TokenBucket => "t",
+                    Algorithm::Concurrency => {
+                        unreachable!("Policy::checks leaves concurrency limits out of the store")
+                    }
                 })
                 .arg(quota.limit())
                 .arg(quota.period() / 1_000)
