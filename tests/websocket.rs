@@ -37,6 +37,10 @@ async fn echo_upstream() -> SocketAddr {
 }
 
 fn start(upstream: SocketAddr) -> (Sluice, tempfile::TempDir) {
+    start_with(upstream, "{ rate: 2/min, algorithm: fixed_window }")
+}
+
+fn start_with(upstream: SocketAddr, limit: &str) -> (Sluice, tempfile::TempDir) {
     let dir = support::dir();
     let path = dir.path().join("sluice.yaml");
     let text = format!(
@@ -46,7 +50,7 @@ admin: {{ listen: 127.0.0.1:0 }}
 upstream: {{ url: \"http://{upstream}\" }}
 keys: [ {{ key: k1 }} ]
 routes:
-  - {{ name: ws, match: {{ path: /ws }}, limit: {{ rate: 2/min, algorithm: fixed_window }} }}
+  - {{ name: ws, match: {{ path: /ws }}, limit: {limit} }}
 "
     );
     std::fs::write(&path, text).unwrap();
@@ -119,4 +123,30 @@ async fn messages_round_trip_and_the_handshake_is_counted() {
             .await,
         Some(1.0)
     );
+}
+
+/// A concurrency limit holds its slot for the life of the tunnel, not of the 101 response:
+/// with one slot, a second WebSocket is refused while the first is open, and admitted
+/// once it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_holds_its_concurrency_slot_until_it_closes() {
+    let (sluice, _dir) = start_with(echo_upstream().await, "{ concurrency: 1 }");
+    let mut first = handshake(&sluice).await.expect("first handshake");
+    first.send(Message::text("one")).await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap(), Message::text("one"));
+    match handshake(&sluice).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("expected a 429, got {:?}", other.map(|_| "a tunnel")),
+    }
+    first.close(None).await.unwrap();
+    drop(first);
+    support::eventually("the slot to come back", async || {
+        sluice.metric("sluice_concurrency_in_flight").await == Some(0.0)
+    })
+    .await;
+    let mut second = handshake(&sluice)
+        .await
+        .expect("a handshake after the close");
+    second.send(Message::text("two")).await.unwrap();
+    assert_eq!(second.next().await.unwrap().unwrap(), Message::text("two"));
 }
