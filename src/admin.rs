@@ -64,6 +64,7 @@ async fn respond(
     match request.uri().path() {
         "/metrics" => {
             metrics::gauge!(telemetry::STORE_ENTRIES).set(gateway.store.tracked_entries() as f64);
+            crate::idempotency::report(&*gateway.idempotency.store);
             let mut response = Response::new(Body::full(metrics.render()));
             response.headers_mut().insert(
                 CONTENT_TYPE,

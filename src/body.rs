@@ -1,9 +1,11 @@
 //! Body types: responses (sluice's own bytes, or the upstream's stream passed through) and
-//! requests (the client's stream, cut off past the route's `max_body`).
+//! requests (the client's stream, cut off past the route's `max_body`, or a body read whole
+//! to hash it for an idempotency key).
 //!
 //! Bodies are never buffered: frames flow from one connection to the other as they arrive.
 //! An upstream body may hold the request's concurrency slots: it lets go of them when the
 //! stream ends or fails, and when it is dropped (the client left).
+//! A response recorded for an idempotency key is copied as it passes, never held back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,6 +14,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::idempotency::Recording;
 use crate::limiter::concurrency::Held;
 
 pin_project_lite::pin_project! {
@@ -22,6 +25,8 @@ pin_project_lite::pin_project! {
         Full { data: Option<Bytes> },
         /// The upstream's body, streamed.
         Upstream { #[pin] inner: Incoming, held: Option<Held> },
+        /// A body streamed to the client and copied into an idempotency record.
+        Recorded { inner: Box<Recording> },
     }
 }
 
@@ -47,8 +52,17 @@ impl Body {
     /// Keeps `held` alive until the body ends (a body sluice built itself is complete
     /// already, so it lets go at once).
     pub fn hold(&mut self, held: Held) {
-        if let Body::Upstream { held: slot, .. } = self {
-            *slot = Some(held);
+        match self {
+            Body::Upstream { held: slot, .. } => *slot = Some(held),
+            Body::Recorded { inner } => inner.hold(held),
+            Body::Full { .. } => {}
+        }
+    }
+
+    /// A body copied into an idempotency record as it streams.
+    pub fn recorded(recording: Recording) -> Self {
+        Body::Recorded {
+            inner: Box::new(recording),
         }
     }
 }
@@ -70,6 +84,7 @@ impl http_body::Body for Body {
                 }
                 frame
             }
+            BodyProj::Recorded { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
     }
 
@@ -77,6 +92,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full { data } => data.is_none(),
             Body::Upstream { inner, .. } => inner.is_end_stream(),
+            Body::Recorded { inner } => inner.is_end_stream(),
         }
     }
 
@@ -86,18 +102,25 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Upstream { inner, .. } => inner.size_hint(),
+            Body::Recorded { inner } => inner.size_hint(),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A request body on its way upstream, ended with [`TooLarge`] once it passes `limit`
-    /// bytes (for bodies whose size the headers did not announce).
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        remaining: u64,
-        limit: u64,
+    /// A request body on its way upstream.
+    #[project = RequestBodyProj]
+    pub enum RequestBody {
+        /// The client's stream, ended with [`TooLarge`] once it passes `limit` bytes (for
+        /// bodies whose size the headers did not announce).
+        Stream {
+            #[pin]
+            inner: Incoming,
+            remaining: u64,
+            limit: u64,
+        },
+        /// A body read whole (to hash it for an idempotency key).
+        Whole { data: Option<Bytes> },
     }
 }
 
@@ -113,10 +136,17 @@ impl RequestBody {
     /// `inner`, allowed at most `limit` bytes (`None`: unlimited).
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
-        Self {
+        RequestBody::Stream {
             inner,
             remaining: limit,
             limit,
+        }
+    }
+
+    /// A body already read whole.
+    pub fn whole(data: Bytes) -> Self {
+        RequestBody::Whole {
+            data: (!data.is_empty()).then_some(data),
         }
     }
 }
@@ -129,15 +159,24 @@ impl http_body::Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let (inner, remaining, limit) = match self.project() {
+            RequestBodyProj::Whole { data } => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+            }
+            RequestBodyProj::Stream {
+                inner,
+                remaining,
+                limit,
+            } => (inner, remaining, limit),
+        };
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if len > *this.remaining {
-                    let limit = *this.limit;
+                if len > *remaining {
+                    let limit = *limit;
                     return Poll::Ready(Some(Err(Box::new(TooLarge { limit }))));
                 }
-                *this.remaining -= len;
+                *remaining -= len;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -147,10 +186,18 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+            RequestBody::Whole { data } => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+            RequestBody::Whole { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }

@@ -179,6 +179,8 @@ pub struct Config {
     pub responses: Responses,
     /// Store settings.
     pub store: StoreSettings,
+    /// Which routes take idempotency keys, and the record store's bounds.
+    pub idempotency: crate::idempotency::Settings,
     /// Logging.
     pub log: LogSettings,
     /// How long in-flight requests may take to finish on shutdown.

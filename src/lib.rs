@@ -5,6 +5,7 @@
 //! - [`server`]: accepts connections, terminates TLS, speaks HTTP, guards against hostile
 //!   clients, drains on shutdown.
 //! - [`proxy`]: the request path: identify → match → check → forward or reject.
+//! - [`idempotency`]: routes that take `Idempotency-Key`: replay a retry, never resend it.
 //! - [`identity`]: who is calling (API key, key registry, JWT, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
 //! - [`limiter`]: one decision for all limits of a request; algorithms and [`limiter::store`],
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod idempotency;
 pub mod identity;
 pub mod inspect;
 pub mod limiter;
@@ -98,9 +100,12 @@ pub async fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            store.sweep(clock.now());
-            swept.penalties.sweep(clock.now());
+            let now = clock.now();
+            store.sweep(now);
+            swept.penalties.sweep(now);
             swept.in_flight.sweep();
+            swept.idempotency.store.sweep(now);
+            idempotency::report(&*swept.idempotency.store);
         }
     });
     let admin = tokio::spawn(admin::serve(

@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, RequestBody};
 use crate::config::Config;
-use crate::identity::Unidentified;
+use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending};
+use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::concurrency::{Held, InFlight};
 use crate::limiter::penalty::{MemoryPenalties, Penalties};
 use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
-use crate::policy::Limit;
+use crate::policy::{Limit, Policy};
 use crate::response::{Context, Rejection};
 use crate::telemetry::{self, Timers, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
@@ -70,6 +71,8 @@ pub struct Gateway {
     pub penalties: Arc<dyn Penalties>,
     /// Concurrency slots in flight.
     pub in_flight: InFlight,
+    /// Idempotency records of routes that take keys.
+    pub idempotency: Idempotency,
     timers: Timers,
     request_ids: RequestIds,
 }
@@ -77,6 +80,8 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving `config` with `store` and `clock`.
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let records =
+            MemoryRecords::new(config.idempotency.max_entries, config.idempotency.max_bytes);
         let penalties = Arc::new(MemoryPenalties::new(config.store.max_entries));
         let mut snapshot = Snapshot::new(config);
         snapshot.loaded_at = clock.now();
@@ -84,6 +89,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
             clock,
+            idempotency: Idempotency::new(Arc::new(records)),
             penalties,
             in_flight: InFlight::new(),
             timers: Timers::new(),
@@ -168,12 +174,27 @@ impl Gateway {
             ));
         }
 
-        let Some(limits) = policy.limits(profile, route) else {
+        // Before the limiter: a replay is not forwarded and takes no quota.
+        let limits = policy.limits(profile, route);
+        let (body, pending) = match self
+            .idempotency
+            .begin(config, route, &identity, client_ip, &parts, body, now)
+            .await
+        {
+            Ok(forward) => forward,
+            Err(early) => {
+                return Ok(self
+                    .answer(early, &reply, limits, &identity, client_ip)
+                    .await)
+            }
+        };
+        let Some(limits) = limits else {
             let response = self
                 .forward(
                     &snapshot,
                     parts,
                     body,
+                    pending,
                     (peer, tls),
                     (None, &[]),
                     None,
@@ -211,6 +232,7 @@ impl Gateway {
                 &snapshot,
                 parts,
                 body,
+                pending,
                 (peer, tls),
                 (Some(&decision), limits),
                 held,
@@ -218,6 +240,51 @@ impl Gateway {
             )
             .await;
         Ok(self.finish(response, &reply, verdict, near_limit))
+    }
+
+    /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
+    /// the caller's current limits in the headers, peeked: nothing is counted.
+    async fn answer(
+        &self,
+        early: Early,
+        reply: &Reply<'_>,
+        limits: Option<&[Limit]>,
+        identity: &Identity,
+        client_ip: std::net::IpAddr,
+    ) -> Response<Body> {
+        let limits = limits.unwrap_or(&[]);
+        let mut decision = Decision::allow_all();
+        if !limits.is_empty() {
+            let cost = reply.config.policy.cost(reply.route);
+            let checks = Policy::checks(limits, identity, client_ip, cost);
+            if let Ok(outcomes) = self.store.peek(&checks, reply.now).resolve().await {
+                decision = Decision::from_outcomes(outcomes, &checks);
+                // Nothing was rejected by a limit: no Retry-After.
+                decision.allowed = true;
+            }
+        }
+        let (response, verdict) = match early {
+            Early::Replay(record) => {
+                let mut response = record.replay();
+                let headers = response.headers_mut();
+                let responses = &reply.config.responses;
+                responses.write_limit_headers(headers, Some(&decision), limits, reply.now);
+                (response, Verdict::Replayed)
+            }
+            Early::Refuse(rejection) => (
+                reply.reject(rejection, Some(&decision), limits),
+                match rejection {
+                    Rejection::PayloadTooLarge => Verdict::TooLarge,
+                    _ => Verdict::Refused,
+                },
+            ),
+            Early::Unreadable => {
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                (response, Verdict::Refused)
+            }
+        };
+        self.finish(response, reply, verdict, false)
     }
 
     /// Forwards the request; `held` (concurrency slots) stays taken until the response body
@@ -228,6 +295,7 @@ impl Gateway {
         snapshot: &Snapshot,
         mut parts: http::request::Parts,
         body: RequestBody,
+        pending: Pending,
         (peer, tls): (SocketAddr, bool),
         (decision, limits): (Option<&Decision>, &[Limit]),
         held: Option<Held>,
@@ -245,7 +313,9 @@ impl Gateway {
         };
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let started = self.clock.now();
-        let result = snapshot.upstream.forward(parts, body, &forwarded).await;
+        let result = pending
+            .forward(&snapshot.upstream, parts, body, forwarded)
+            .await;
         self.timers
             .upstream
             .record(nanos_to_secs(self.clock.now().saturating_sub(started)));

@@ -288,6 +288,16 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             })
     };
     compare("store", redis(old), redis(new));
+    compare(
+        "idempotency.max_entries",
+        old.idempotency.max_entries.to_string(),
+        new.idempotency.max_entries.to_string(),
+    );
+    compare(
+        "idempotency.max_bytes",
+        old.idempotency.max_bytes.to_string(),
+        new.idempotency.max_bytes.to_string(),
+    );
     compare("log.format", log_format(old).into(), log_format(new).into());
     compare("log.level", old.log.level.clone(), new.log.level.clone());
     compare(

@@ -43,6 +43,10 @@ pub const DEFAULT_UPSTREAM_UNAVAILABLE: &str = r#"{"type":"about:blank","title":
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = r#"{"type":"about:blank","title":"Gateway Timeout","status":${status},"detail":"The upstream service did not answer in time.","request_id":"${request_id}"}"#;
 /// Default body when the limit store failed under `on_error: deny`.
 pub const DEFAULT_UNAVAILABLE: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":${status},"detail":"Rate limits cannot be checked right now; retry shortly.","request_id":"${request_id}"}"#;
+/// Default 409 body: a request with the same idempotency key is in flight.
+pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":"Conflict","status":${status},"detail":"A request with this idempotency key is still in progress; retry later.","request_id":"${request_id}"}"#;
+/// Default 422 body: the idempotency key was used with a different request.
+pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":"Unprocessable Content","status":${status},"detail":"This idempotency key was already used with a different request.","request_id":"${request_id}"}"#;
 
 /// Default 413 body.
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
@@ -79,6 +83,10 @@ pub enum Rejection {
     PayloadTooLarge,
     /// The limit store failed and `on_error` is `deny`.
     Unavailable,
+    /// A request with the same idempotency key is still in flight.
+    IdempotencyConflict,
+    /// The idempotency key was used with a different request.
+    IdempotencyMismatch,
 }
 
 /// All replies and the header style.
@@ -104,6 +112,10 @@ pub struct Responses {
     pub payload_too_large: Reply,
     /// 503: the store failed under `on_error: deny`.
     pub unavailable: Reply,
+    /// 409.
+    pub idempotency_conflict: Reply,
+    /// 422.
+    pub idempotency_mismatch: Reply,
 }
 
 /// What a reply is about; fills the template variables.
@@ -138,6 +150,8 @@ impl Responses {
             Rejection::UpstreamTimeout => &self.upstream_timeout,
             Rejection::PayloadTooLarge => &self.payload_too_large,
             Rejection::Unavailable => &self.unavailable,
+            Rejection::IdempotencyConflict => &self.idempotency_conflict,
+            Rejection::IdempotencyMismatch => &self.idempotency_mismatch,
         }
     }
 

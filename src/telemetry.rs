@@ -61,6 +61,23 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "sluice_config_last_reload_succe
 pub const CONNECTIONS_SATURATED: &str = "sluice_connections_saturated_total";
 /// Upgraded connections (WebSocket tunnels) open now.
 pub const TUNNELS_OPEN: &str = "sluice_tunnels_open";
+/// Idempotency-key outcomes: `replayed`, `conflict`, `mismatch`, `too_large`, `stored`,
+/// `not_stored`, `error`.
+pub const IDEMPOTENCY: &str = "sluice_idempotency_total";
+/// Idempotency records held (stored responses and claims in flight).
+pub const IDEMPOTENCY_ENTRIES: &str = "sluice_idempotency_entries";
+/// Bytes of stored idempotent responses.
+pub const IDEMPOTENCY_BYTES: &str = "sluice_idempotency_bytes";
+/// Every `outcome` label of [`IDEMPOTENCY`].
+pub const IDEMPOTENCY_OUTCOMES: [&str; 7] = [
+    "replayed",
+    "conflict",
+    "mismatch",
+    "too_large",
+    "stored",
+    "not_stored",
+    "error",
+];
 /// Constant 1 with the version as a label.
 pub const BUILD_INFO: &str = "sluice_build_info";
 
@@ -85,10 +102,14 @@ pub enum Verdict {
     Unavailable = 7,
     /// The body was over the route's `max_body` (413).
     TooLarge = 8,
+    /// Answered with the stored response of an idempotency key.
+    Replayed = 9,
+    /// Refused under the idempotency rules (409, 422).
+    Refused = 10,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 9] = [
+    const ALL: [Verdict; 11] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
@@ -98,6 +119,8 @@ impl Verdict {
         Verdict::ShadowLimited,
         Verdict::Unavailable,
         Verdict::TooLarge,
+        Verdict::Replayed,
+        Verdict::Refused,
     ];
 
     /// The label value.
@@ -112,6 +135,8 @@ impl Verdict {
             Verdict::Penalised => "penalised",
             Verdict::ShadowLimited => "shadow_limited",
             Verdict::Unavailable => "unavailable",
+            Verdict::Replayed => "replayed",
+            Verdict::Refused => "refused",
         }
     }
 }
@@ -347,6 +372,11 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::gauge!(STORE_BREAKER_OPEN).set(0.0);
     metrics::gauge!(STORE_REPLICAS).set(1.0);
+    for outcome in IDEMPOTENCY_OUTCOMES {
+        metrics::counter!(IDEMPOTENCY, "outcome" => outcome).absolute(0);
+    }
+    metrics::gauge!(IDEMPOTENCY_ENTRIES).set(0.0);
+    metrics::gauge!(IDEMPOTENCY_BYTES).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     handle
 }
@@ -426,6 +456,16 @@ fn describe() {
     describe_counter!(
         STORE_CACHED_REJECTIONS,
         "Rejections answered from memory of callers already over a limit (no Redis call)."
+    );
+    describe_counter!(IDEMPOTENCY, "Idempotency-key outcomes.");
+    describe_gauge!(
+        IDEMPOTENCY_ENTRIES,
+        "Idempotency records held (stored and in flight)."
+    );
+    describe_gauge!(
+        IDEMPOTENCY_BYTES,
+        Unit::Bytes,
+        "Bytes of stored idempotent responses."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

@@ -14,11 +14,12 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use super::file::{self, AlgorithmName, File, KeyEntry, LimitFile, LimitValue, Scope};
-use super::units::Rate;
+use super::units::{ByteSize, Rate};
 use super::{
     Config, ConnectionLimits, LogSettings, RedisSettings, ReloadSettings, Source, StoreSettings,
     TlsSettings, UpstreamSettings, UpstreamTarget,
 };
+use crate::idempotency;
 use crate::identity::{Fallback, Identifier, KeyInfo, KeySource, Registry};
 use crate::limiter::penalty::Penalty;
 use crate::limiter::window::SLIDING_MAX_LIMIT;
@@ -230,6 +231,7 @@ pub fn compile_in(
     let tls = file.tls.as_ref().and_then(|tls| c.tls(tls));
     let limits = c.limits(&file.limits);
     let store = c.store(&file.store);
+    let idempotency = c.idempotency(&file);
     let log = LogSettings {
         json: file.log.format == Some(file::LogFormat::Json),
         level: file.log.level.clone().unwrap_or_else(|| "info".into()),
@@ -259,6 +261,7 @@ pub fn compile_in(
         upstream,
         responses,
         store,
+        idempotency,
         log,
         shutdown_timeout: file
             .shutdown_timeout
@@ -968,6 +971,18 @@ impl Compiler {
                 file.unavailable.as_ref(),
                 (503, response::DEFAULT_UNAVAILABLE),
             ),
+            idempotency_conflict: reply(
+                self,
+                "idempotency_conflict",
+                file.idempotency_conflict.as_ref(),
+                (409, response::DEFAULT_IDEMPOTENCY_CONFLICT),
+            ),
+            idempotency_mismatch: reply(
+                self,
+                "idempotency_mismatch",
+                file.idempotency_mismatch.as_ref(),
+                (422, response::DEFAULT_IDEMPOTENCY_MISMATCH),
+            ),
         }
     }
 
@@ -1264,6 +1279,73 @@ impl Compiler {
             on_error,
             prefix,
         })
+    }
+}
+
+impl Compiler {
+    /// Per-route idempotency rules and the record store's bounds.
+    fn idempotency(&mut self, file: &File) -> idempotency::Settings {
+        let bounds = &file.idempotency;
+        let max_entries = bounds
+            .max_entries
+            .unwrap_or(idempotency::DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 {
+            self.problem(
+                "idempotency.max_entries".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let max_bytes = bounds
+            .max_bytes
+            .map_or(idempotency::DEFAULT_MAX_BYTES, |b| b.0);
+        if max_bytes == 0 {
+            self.problem("idempotency.max_bytes".into(), "must be at least 1B".into());
+        }
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (i, route) in file.routes.iter().enumerate() {
+            let Some(given) = &route.idempotency else {
+                routes.push(None);
+                continue;
+            };
+            let path = format!("routes[{i}].idempotency");
+            let header = match given.header.as_deref() {
+                None => idempotency::IDEMPOTENCY_KEY,
+                Some(name) => HeaderName::try_from(name).unwrap_or_else(|_| {
+                    self.problem(
+                        format!("{path}.header"),
+                        format!("\"{name}\" is not a valid header name"),
+                    );
+                    idempotency::IDEMPOTENCY_KEY
+                }),
+            };
+            let ttl = given.ttl.map_or(idempotency::DEFAULT_TTL, |d| d.0);
+            if ttl.is_zero() {
+                self.problem(format!("{path}.ttl"), "must be greater than zero".into());
+            }
+            let max_body = given
+                .max_body
+                .map_or(idempotency::DEFAULT_MAX_BODY, |b| b.0);
+            if max_body > max_bytes {
+                self.problem(
+                    format!("{path}.max_body"),
+                    format!(
+                        "{} is more than idempotency.max_bytes ({}): such a response could never be stored",
+                        ByteSize(max_body),
+                        ByteSize(max_bytes)
+                    ),
+                );
+            }
+            routes.push(Some(idempotency::Rule {
+                header,
+                ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
+                max_body,
+            }));
+        }
+        idempotency::Settings {
+            routes,
+            max_entries,
+            max_bytes,
+        }
     }
 }
 

@@ -79,6 +79,9 @@ pub struct File {
     /// Hot reload on file change.
     #[serde(default)]
     pub reload: Reload,
+    /// Bounds of the idempotency record store (routes opt in with `idempotency`).
+    #[serde(default)]
+    pub idempotency: IdempotencyBounds,
 }
 
 /// A certificate chain and its private key, PEM files re-read when they change.
@@ -461,6 +464,36 @@ pub struct RouteFile {
     /// Largest request body (`10MiB`); a larger one is answered 413 and not forwarded.
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+    /// Replay the first response to a retried `Idempotency-Key` instead of forwarding it.
+    #[serde(default)]
+    pub idempotency: Option<RouteIdempotency>,
+}
+
+/// A route's idempotency keys: a retry with the same key gets the stored response.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteIdempotency {
+    /// The request header holding the key (default `Idempotency-Key`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// How long a response is kept, from the first request's arrival (default 24h).
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
+    /// Largest request body hashed and response body stored (default 1MiB).
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+/// Memory bounds of the idempotency record store.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyBounds {
+    /// Records (stored responses and in-flight claims) held at most (default 100000).
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Bytes of stored responses held at most (default 256MiB).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// A route's match.
@@ -623,6 +656,12 @@ pub struct Responses {
     /// The limit store failed and `store.on_error` is `deny` (503).
     #[serde(default)]
     pub unavailable: Option<ResponseFile>,
+    /// A request with the same idempotency key is still in flight (409).
+    #[serde(default)]
+    pub idempotency_conflict: Option<ResponseFile>,
+    /// The idempotency key was used with a different request (422).
+    #[serde(default)]
+    pub idempotency_mismatch: Option<ResponseFile>,
 }
 
 /// Rate-limit header styles.

@@ -219,6 +219,34 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_settings_and_sizes_match_what_the_parser_accepts() {
+        let v = validator();
+        for good in [
+            "routes: [ { name: a, idempotency: {} } ]",
+            "routes: [ { name: a, idempotency: { header: X-Once, ttl: 1h, max_body: 64KiB } } ]",
+            "routes: [ { name: a, idempotency: { max_body: 1000 } } ]\nidempotency: { max_entries: 10, max_bytes: 1 MB }",
+            "responses: { idempotency_conflict: { body: '{}' }, idempotency_mismatch: { status: 400 } }",
+        ] {
+            let text = format!("upstream: {{ url: \"demo:\" }}\n{good}\n");
+            crate::config::load_str(&text, "t.yaml", None).unwrap();
+            assert!(v.is_valid(&yaml(&text)), "{good}");
+        }
+        for bad in [
+            "routes: [ { name: a, idempotency: { max_body: 1 MiBs } } ]",
+            "routes: [ { name: a, idempotency: { ttl: soon } } ]",
+            "routes: [ { name: a, idempotency: { key: X-Once } } ]",
+            "idempotency: { max_bytes: -1 }",
+        ] {
+            let text = format!("upstream: {{ url: \"demo:\" }}\n{bad}\n");
+            assert!(
+                crate::config::load_str(&text, "t.yaml", None).is_err(),
+                "{bad}"
+            );
+            assert!(!v.is_valid(&yaml(&text)), "{bad}");
+        }
+    }
+
+    #[test]
     fn serde_aliases_and_fallbacks_are_accepted() {
         let v = validator();
         for text in [
