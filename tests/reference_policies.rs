@@ -214,7 +214,11 @@ async fn b_repeated_violations_earn_an_hour_block() {
         assert!(violations < 50, "no block after 50 violations");
     };
     // The 50th rejection starts the block and is already answered with it.
-    assert_eq!(violations + 1, 50, "the block starts with the 50th violation");
+    assert_eq!(
+        violations + 1,
+        50,
+        "the block starts with the 50th violation"
+    );
     assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(blocked.header("retry-after"), Some("3600"));
     assert_eq!(
@@ -466,4 +470,169 @@ async fn d_fails_open_when_the_check_is_slow() {
     }
     redis.resume();
     assert!(sluice.metric("sluice_store_fail_open_total").await >= Some(3.0));
+}
+
+// --- E: agents API ----------------------------------------------------------------------
+
+fn agents_auth() -> String {
+    bearer("ag_live_example")
+}
+
+/// "message send endpoints have tighter limits than read or list endpoints. Agent management
+/// and billing queries each have their own bands": each band counts on its own.
+#[tokio::test]
+async fn e_endpoint_bands() {
+    let (sluice, _dir) = example("e-agents.yaml").await;
+    early_in_window(60).await;
+    let mut conn = sluice.connect().await;
+    let auth = agents_auth();
+    let key = [("authorization", auth.as_str())];
+    let sends = burst(&mut conn, "POST", "/v1/messages", &key, 31).await;
+    assert_eq!(admitted(&sends), 30);
+    for (method, path, limit) in [
+        ("GET", "/v1/agents/7", 120),
+        ("GET", "/v1/billing/invoices", 60),
+        ("POST", "/v1/billing/top-ups", 20),
+        ("GET", "/v1/webhooks", 300),
+    ] {
+        let reply = conn.send(method, path, &key).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{method} {path}");
+        assert_eq!(
+            header_u64(&reply, "x-ratelimit-limit"),
+            limit,
+            "{method} {path}"
+        );
+        assert_eq!(header_u64(&reply, "x-ratelimit-remaining"), limit - 1);
+    }
+}
+
+/// "as your channel tier increases, rate limits on that channel's send endpoint increase
+/// automatically. No new API key is required": the key moves to a higher tier in the live
+/// config and the same key, with the sends it already made, gets the higher limit.
+#[tokio::test]
+async fn e_a_tier_upgrade_raises_the_send_limit_for_the_same_key() {
+    let (sluice, dir) = example("e-agents.yaml").await;
+    early_in_window(60).await;
+    let mut conn = sluice.connect().await;
+    let auth = agents_auth();
+    let key = [("authorization", auth.as_str())];
+    assert_eq!(
+        admitted(&burst(&mut conn, "POST", "/v1/messages", &key, 31).await),
+        30
+    );
+
+    let path = dir.path().join("e-agents.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    support::replace(&path, &text.replace("plan: starter", "plan: growth"));
+    support::eventually("the upgrade to take effect", async || {
+        sluice
+            .metric("sluice_config_reloads_total{result=\"ok\"}")
+            .await
+            >= Some(1.0)
+    })
+    .await;
+    let replies = burst(&mut conn, "POST", "/v1/messages", &key, 91).await;
+    assert_eq!(admitted(&replies), 90, "120 in the window, 30 already used");
+    assert_eq!(header_u64(&replies[0], "x-ratelimit-limit"), 120);
+}
+
+/// "send an idempotency key so retries after timeouts do not create duplicate sends".
+#[tokio::test]
+async fn e_a_retried_send_is_sent_once() {
+    let (upstream, seen) = support::counting_upstream().await;
+    let (sluice, _dir) = example_with("e-agents.yaml", upstream, &[], &[]).await;
+    let mut conn = sluice.connect().await;
+    let auth = agents_auth();
+    let idem = "550e8400-e29b-41d4-a716-446655440000";
+    let headers = [("authorization", auth.as_str()), ("idempotency-key", idem)];
+    let first = conn.send("POST", "/v1/messages", &headers).await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    for _ in 0..9 {
+        let retry = conn.send("POST", "/v1/messages", &headers).await.unwrap();
+        assert_eq!(retry.status, StatusCode::OK);
+        assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+        assert_eq!(retry.body, first.body);
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Replays took no quota: the next new send still sees 29 left.
+    let next = conn
+        .send("POST", "/v1/messages", &[("authorization", auth.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(header_u64(&next, "x-ratelimit-remaining"), 28);
+}
+
+/// "Responses include an X-Request-Id header", and "All errors share a consistent shape":
+/// every error sluice answers is the same envelope, carrying the response's request id.
+#[tokio::test]
+async fn e_one_envelope_and_a_request_id_on_every_response() {
+    let (sluice, _dir) = example("e-agents.yaml").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (broken, _dir2) = example_with("e-agents.yaml", dead, &[], &[]).await;
+    early_in_window(60).await;
+    let auth = agents_auth();
+    let key = ("authorization", auth.as_str());
+    let mut conn = sluice.connect().await;
+
+    let ok = conn.send("GET", "/v1/agents", &[key]).await.unwrap();
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.header("x-request-id").is_some());
+    let kept = conn
+        .send("GET", "/v1/agents", &[key, ("x-request-id", "support-123")])
+        .await
+        .unwrap();
+    assert_eq!(kept.header("x-request-id"), Some("support-123"));
+
+    let mut errors = Vec::new();
+    errors.push(
+        conn.send("GET", "/v1/agents", &[("authorization", "Bearer nope")])
+            .await
+            .unwrap(),
+    );
+    let idem = [key, ("idempotency-key", "k-1")];
+    conn.send("POST", "/v1/messages", &idem).await.unwrap();
+    errors.push(
+        conn.send("POST", "/v1/messages?channel=2", &idem)
+            .await
+            .unwrap(),
+    );
+    let sends = burst(&mut conn, "POST", "/v1/messages", &[key], 30).await;
+    errors.push(sends.into_iter().last().unwrap());
+    errors.push(
+        broken
+            .connect()
+            .await
+            .send("GET", "/v1/agents", &[key])
+            .await
+            .unwrap(),
+    );
+
+    let mut types = Vec::new();
+    for reply in &errors {
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        let error = &body["error"];
+        assert_eq!(
+            error["request_id"].as_str(),
+            reply.header("x-request-id"),
+            "{}",
+            reply.body
+        );
+        assert!(error["message"].is_string());
+        types.push((
+            reply.status.as_u16(),
+            error["type"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        types,
+        [
+            (401, "unauthorized".to_string()),
+            (422, "idempotency_mismatch".to_string()),
+            (429, "rate_limit_exceeded".to_string()),
+            (502, "upstream_unavailable".to_string()),
+        ]
+    );
 }

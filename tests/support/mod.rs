@@ -21,18 +21,29 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A real HTTP upstream answering `200 upstream ok` to everything.
 pub async fn upstream() -> SocketAddr {
+    counting_upstream().await.0
+}
+
+/// [`upstream`], with the number of requests it has received.
+pub async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let counter = counter.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from_static(b"upstream ok"),
-                    )))
+                let service = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"upstream ok"),
+                        )))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -40,7 +51,7 @@ pub async fn upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
 /// A running `sluice run -c DIR/sluice.yaml`, killed on drop.
