@@ -191,12 +191,21 @@ pub struct Step {
 
 /// Which counter: the limit's identity (never its value, so a reload that changes the
 /// rate keeps the count) and the subject it counts (a key, an org, an IP, or everyone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CounterKey {
     /// Hash of the limit's name, scope and algorithm.
     pub limit: u64,
     /// Keyed hash of the subject.
     pub subject: u64,
+}
+
+impl std::hash::Hash for CounterKey {
+    /// The subject is a keyed hash already, so it is the hash; the limit only picks one of
+    /// eight neighbouring slots. The counters of one caller then sit side by side in a table,
+    /// and a request's limits cost one cache-cold region instead of one each.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.subject ^ (self.limit & 0b111));
+    }
 }
 
 /// One limit to check for a request.

@@ -24,7 +24,8 @@ pub const OVERFLOW_SUBJECT: u64 = u64::MAX;
 /// Default cap on tracked counters (about 100 MB at the worst).
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
-/// Counter keys are already keyed hashes: mixing them once more is enough.
+/// Counter keys and subjects are already keyed hashes: they are used as they are, so the
+/// neighbourhood [`CounterKey`]'s `Hash` builds survives. Byte strings are mixed.
 #[derive(Default, Clone, Copy)]
 pub struct KeyHasher(u64);
 
@@ -38,7 +39,7 @@ impl std::hash::Hasher for KeyHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.rotate_left(29) ^ n;
     }
 }
 
