@@ -3,8 +3,8 @@
 //! Every unit a request spends here was first taken from the Redis counter by a lease
 //! call (the script's `lease` mode, which takes units exactly as requests of that cost
 //! would), so Redis never counts less than was admitted. Every `sync_interval` a task
-//! renews each lease: it gives back the units held beyond the demand of the last interval
-//! and asks for as many as that demand (twice it, at most a share of the limit). A request
+//! renews each lease: it gives back the units held beyond the recent demand and asks for
+//! up to four times that demand (at most a share of the limit). A request
 //! that does not fit its leases is checked by Redis in strict mode. See docs/redis.md for
 //! the over-admission bound.
 
@@ -32,6 +32,10 @@ pub(super) struct Lease {
     left: AtomicU32,
     /// Units requests took or asked for since the last renewal.
     demand: AtomicU32,
+    /// Recent demand: the last interval's, or half the previous figure if that is more,
+    /// so bursty traffic (nothing in one interval, a burst in the next) keeps its lease.
+    /// Only the renewal task touches it.
+    recent: AtomicU32,
     /// Local time from which the units left may not be spent: a fixed window's reset as
     /// measured from before the lease call was sent (so never late); `u64::MAX` otherwise.
     deadline: AtomicU64,
@@ -77,6 +81,12 @@ impl Leases {
             map: DashMap::with_hasher(BuildHasherDefault::default()),
             max_entries,
         }
+    }
+
+    /// Whether no counter is leased.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// Spends `cost` units of each check's lease, all or nothing; `None` (nothing spent)
@@ -125,7 +135,7 @@ impl Leases {
     }
 
     /// What to give back and ask for, counter by counter, with `replicas` live replicas;
-    /// forgets counters nobody asked for since the last renewal.
+    /// forgets counters whose recent demand fell to nothing.
     pub fn plan(&self, now: Nanos, replicas: u32) -> Vec<Renewal> {
         let leases: Vec<(CounterKey, Arc<Lease>)> = self
             .map
@@ -135,7 +145,9 @@ impl Leases {
         let mut renewals = Vec::with_capacity(leases.len());
         for (key, lease) in leases {
             let demand = lease.demand.swap(0, Ordering::Relaxed);
-            let want = demand.saturating_mul(2).min(lease.cap(replicas));
+            let recent = demand.max(lease.recent.load(Ordering::Relaxed) / 2);
+            lease.recent.store(recent, Ordering::Relaxed);
+            let want = recent.saturating_mul(4).min(lease.cap(replicas));
             let keep = if now >= lease.deadline.load(Ordering::Relaxed) {
                 0
             } else {
@@ -149,7 +161,7 @@ impl Leases {
                 .unwrap_or_else(|left| left);
             let back = left.saturating_sub(keep);
             let want = want.saturating_sub(left.min(keep));
-            if demand == 0 {
+            if recent == 0 {
                 self.map.remove_if(&key, |_, l| {
                     Arc::ptr_eq(l, &lease)
                         && l.demand.load(Ordering::Relaxed) == 0
@@ -176,6 +188,7 @@ impl Lease {
             quota: check.quota,
             left: AtomicU32::new(0),
             demand: AtomicU32::new(demand),
+            recent: AtomicU32::new(0),
             deadline: AtomicU64::new(0),
             remaining: AtomicU32::new(0),
             reset: AtomicU64::new(0),
