@@ -137,6 +137,8 @@ pub struct RedisSettings {
     pub on_error: crate::limiter::store::OnError,
     /// Key prefix and Redis Cluster hash tag.
     pub prefix: String,
+    /// `mode: sync`: how often leases are reconciled with Redis. `None`: strict mode.
+    pub sync_interval: Option<Duration>,
 }
 
 impl RedisSettings {

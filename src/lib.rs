@@ -63,7 +63,7 @@ pub async fn run(
     let store: Arc<dyn Store> = match &config.store.redis {
         None => Arc::new(MemoryStore::new(config.store.max_entries)),
         Some(redis) => {
-            let store = RedisStore::start(redis, config.store.max_entries)
+            let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
             Arc::new(store)

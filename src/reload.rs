@@ -279,11 +279,13 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             .as_ref()
             .map_or("memory".to_string(), |r| {
                 format!(
-                    "redis {} (timeout {:?}, on_error {}, prefix {})",
+                    "redis {} (timeout {:?}, on_error {}, prefix {}, {})",
                     r.redacted_url(),
                     r.timeout,
                     r.on_error.as_str(),
-                    r.prefix
+                    r.prefix,
+                    r.sync_interval
+                        .map_or("strict".to_string(), |i| format!("sync every {i:?}"))
                 )
             })
     };

@@ -51,6 +51,8 @@ pub const STORE_BREAKER_OPEN: &str = "sluice_store_breaker_open";
 pub const STORE_REPLICAS: &str = "sluice_store_replicas";
 /// Rejections answered from the local memory of callers already over a limit (no Redis call).
 pub const STORE_CACHED_REJECTIONS: &str = "sluice_store_cached_rejections_total";
+/// Requests decided from this replica's leases without a Redis call (`mode: sync`).
+pub const STORE_LEASED_DECISIONS: &str = "sluice_store_leased_decisions_total";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -333,6 +335,11 @@ pub fn store_cached_rejection() {
     metrics::counter!(STORE_CACHED_REJECTIONS).increment(1);
 }
 
+/// Counts a request decided from local leases.
+pub fn store_leased_decision() {
+    metrics::counter!(STORE_LEASED_DECISIONS).increment(1);
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -367,6 +374,7 @@ pub fn install_metrics() -> PrometheusHandle {
         STORE_FAIL_CLOSED,
         STORE_LOCAL_DECISIONS,
         STORE_CACHED_REJECTIONS,
+        STORE_LEASED_DECISIONS,
     ] {
         metrics::counter!(counter).absolute(0);
     }
@@ -466,6 +474,10 @@ fn describe() {
         IDEMPOTENCY_BYTES,
         Unit::Bytes,
         "Bytes of stored idempotent responses."
+    );
+    describe_counter!(
+        STORE_LEASED_DECISIONS,
+        "Requests decided from this replica's leases without a Redis call (mode: sync)."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

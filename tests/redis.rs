@@ -11,13 +11,18 @@ use http::StatusCode;
 use support::{eventually, Redis, Sluice};
 
 fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
+    config_with(upstream, redis, &format!("on_error: {on_error}"), routes)
+}
+
+/// A config whose store line ends with `store` (e.g. `on_error: deny, mode: sync`).
+fn config_with(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
     format!(
         "\
 listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 upstream: {{ url: \"http://{upstream}\" }}
 unknown_key: {{ plan: default }}
-store: {{ backend: redis, url: \"{url}\", timeout: 50ms, on_error: {on_error} }}
+store: {{ backend: redis, url: \"{url}\", timeout: 50ms, {store} }}
 routes:
 {routes}",
         url = redis.url()
@@ -253,4 +258,128 @@ async fn local_mode_keeps_each_replica_to_its_share() {
     for r in &replicas {
         assert!(r.metric("sluice_store_local_decisions_total").await >= Some(10.0));
     }
+}
+
+/// Waits until every replica counts `n` live replicas (the lease cap depends on it).
+async fn see_each_other(replicas: &[Sluice]) {
+    let n = replicas.len() as f64;
+    for r in replicas {
+        eventually("every replica to see the others", async || {
+            r.metric("sluice_store_replicas").await == Some(n)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_never_admits_more_than_redis_counted() {
+    let upstream = support::upstream().await;
+    let redis = Redis::start();
+    // Long periods: nothing turns or refills while the test runs, so leases (every unit
+    // taken from Redis before it is spent) may not admit one request beyond the limit.
+    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 50/d, algorithm: fixed_window } }
+  - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
+  - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
+";
+    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
+    see_each_other(&replicas).await;
+    for path in ["/fixed", "/sliding", "/bucket"] {
+        let statuses = storm(&replicas, path, "shared-key", 300).await;
+        let admitted = count(&statuses, StatusCode::OK);
+        // Units still leased by one replica when another is refused are the only loss:
+        // at most a lease cap (50 / 4 / 3 = 4) per replica.
+        assert!((50 - 3 * 4..=50).contains(&admitted), "{path}: {admitted}");
+        assert_eq!(
+            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+            300 - admitted,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_stays_within_its_bound_across_window_turns() {
+    let upstream = support::upstream().await;
+    let redis = Redis::start();
+    let routes = "  - { name: fixed,  match: { path: /fixed },  limit: { rate: 20/s, algorithm: fixed_window } }
+  - { name: bucket, match: { path: /bucket }, limit: { rate: 20/s, algorithm: token_bucket } }
+";
+    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
+    see_each_other(&replicas).await;
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    for path in ["/fixed", "/bucket"] {
+        let start = unix();
+        let statuses = storm(&replicas, path, "k", 3000).await;
+        let end = unix();
+        let admitted = count(&statuses, StatusCode::OK) as f64;
+        let bound = if path == "/fixed" {
+            // Leases end at their window's reset: at most 20 in each window the run touched.
+            20.0 * (end.floor() - start.floor() + 1.0)
+        } else {
+            // burst + rate × elapsed, plus the units leased ahead: one cap (20 / 4 / 3,
+            // at least 1) per replica.
+            20.0 + 20.0 * (end - start) + 3.0
+        };
+        assert!(
+            admitted <= bound,
+            "{path}: {admitted} admitted, bound {bound}"
+        );
+        assert!(admitted >= 20.0, "{path}: {admitted} admitted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_calls_redis_for_a_small_fraction_of_requests() {
+    let upstream = support::upstream().await;
+    let redis = Redis::start();
+    let routes = "  - { name: api, match: { path: /api }, limit: 1000000/h }\n";
+    let store = "on_error: deny, mode: sync, sync_interval: 100ms";
+    let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
+    see_each_other(&replicas).await;
+    // Warm up: each replica's first requests go to Redis until its first renewal.
+    for r in &replicas {
+        eventually("a lease", async || {
+            storm(std::slice::from_ref(r), "/api", "k", 64).await;
+            r.metric("sluice_store_leased_decisions_total").await > Some(0.0)
+        })
+        .await;
+    }
+    let leased_before = {
+        let mut n = 0.0;
+        for r in &replicas {
+            n += r
+                .metric("sluice_store_leased_decisions_total")
+                .await
+                .unwrap();
+        }
+        n
+    };
+    let before = redis_calls(&redis, "evalsha");
+    let statuses = storm(&replicas, "/api", "k", 3000).await;
+    assert_eq!(count(&statuses, StatusCode::OK), 3000);
+    // Redis's own count: lease renewals (one call per replica every 100 ms at most, and
+    // heartbeats), and requests that outgrew their lease; not one call per request as in
+    // strict mode.
+    let calls = redis_calls(&redis, "evalsha") - before;
+    assert!(calls <= 3000 / 4, "{calls} EVALSHA calls for 3000 requests");
+    let mut leased = -leased_before;
+    for r in &replicas {
+        leased += r
+            .metric("sluice_store_leased_decisions_total")
+            .await
+            .unwrap();
+        let (_, ready) = r.admin("GET", "/readyz", None).await;
+        assert!(ready.contains("mode=sync"), "{ready}");
+    }
+    assert!(
+        leased >= 3000.0 - calls as f64,
+        "{leased} decided from leases"
+    );
 }

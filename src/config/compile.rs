@@ -1229,6 +1229,8 @@ impl Compiler {
                 ("timeout", file.timeout.is_some()),
                 ("on_error", file.on_error.is_some()),
                 ("prefix", file.prefix.is_some()),
+                ("mode", file.mode.is_some()),
+                ("sync_interval", file.sync_interval.is_some()),
             ] {
                 if set {
                     self.key_problem(
@@ -1273,11 +1275,33 @@ impl Compiler {
             file::OnError::Deny => OnError::Deny,
             file::OnError::Local => OnError::Local,
         };
+        let sync_interval = match file.mode.unwrap_or(file::StoreMode::Strict) {
+            file::StoreMode::Strict => {
+                if file.sync_interval.is_some() {
+                    self.key_problem(
+                        "store.sync_interval".into(),
+                        "applies to `mode: sync` only".into(),
+                    );
+                }
+                None
+            }
+            file::StoreMode::Sync => {
+                let interval = file.sync_interval.map_or(Duration::from_millis(5), |d| d.0);
+                if interval < Duration::from_millis(1) || interval > Duration::from_secs(1) {
+                    self.problem(
+                        "store.sync_interval".into(),
+                        format!("must be between 1ms and 1s, not {interval:?}"),
+                    );
+                }
+                Some(interval)
+            }
+        };
         Some(RedisSettings {
             url,
             timeout,
             on_error,
             prefix,
+            sync_interval,
         })
     }
 }

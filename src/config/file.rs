@@ -734,6 +734,13 @@ pub struct StoreFile {
     /// Key prefix, also the Redis Cluster hash tag (redis only, default `sluice`).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// `strict` (default): one Redis call per request; `sync`: decide from local leases,
+    /// reconciled with Redis every `sync_interval` (redis only).
+    #[serde(default)]
+    pub mode: Option<StoreMode>,
+    /// How often `mode: sync` reconciles its leases with Redis (default 5ms).
+    #[serde(default)]
+    pub sync_interval: Option<HumanDuration>,
 }
 
 impl Default for StoreFile {
@@ -746,6 +753,8 @@ impl Default for StoreFile {
             timeout: None,
             on_error: None,
             prefix: None,
+            mode: None,
+            sync_interval: None,
         }
     }
 }
@@ -762,6 +771,16 @@ pub enum Backend {
     Memory,
     /// Shared by every replica through Redis.
     Redis,
+}
+
+/// How the Redis store decides.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreMode {
+    /// One script call per request: exact.
+    Strict,
+    /// Requests spend leases taken from Redis; leases are reconciled every `sync_interval`.
+    Sync,
 }
 
 /// What a request gets when the Redis store fails or times out.

@@ -160,6 +160,39 @@ fn redis_store_settings_compile_and_problems_name_their_place() {
             "sluice"
         )
     );
+    assert_eq!(defaults.sync_interval, None, "strict by default");
+    let sync = |store: &str| {
+        load_str(
+            &format!("upstream: {{ url: \"demo:\" }}\nstore: {{ backend: redis, url: \"redis://127.0.0.1\", {store} }}\n"),
+            "t.yaml",
+            None,
+        )
+        .map(|c| c.store.redis.unwrap().sync_interval)
+    };
+    assert_eq!(
+        sync("mode: sync").unwrap(),
+        Some(std::time::Duration::from_millis(5))
+    );
+    assert_eq!(
+        sync("mode: sync, sync_interval: 20ms").unwrap(),
+        Some(std::time::Duration::from_millis(20))
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://127.0.0.1\", sync_interval: 5ms }\n");
+    assert_eq!(
+        e,
+        vec!["t.yaml:2:52: store.sync_interval: applies to `mode: sync` only"]
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://127.0.0.1\", mode: sync, sync_interval: 2s }\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("store.sync_interval: must be between 1ms and 1s"),
+        "{e:#?}"
+    );
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { mode: sync }\n");
+    assert_eq!(
+        e,
+        vec!["t.yaml:2:10: store.mode: applies to `backend: redis` only"]
+    );
 
     let e = errors("upstream: { url: \"demo:\" }\nstore: { url: \"redis://127.0.0.1\" }\n");
     assert_eq!(

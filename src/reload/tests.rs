@@ -132,7 +132,7 @@ fn settings_outside_the_snapshot_are_reported_as_restart_required() {
     let applied = reloader.reload(Trigger::Admin).unwrap();
     assert_eq!(
         applied.restart_required,
-        vec!["store: memory → redis redis://***@r:6379 (timeout 50ms, on_error allow, prefix sluice)"]
+        vec!["store: memory → redis redis://***@r:6379 (timeout 50ms, on_error allow, prefix sluice, strict)"]
     );
 }
 

@@ -7,26 +7,30 @@
 //! replica's heartbeat so `on_error: local` knows how many replicas share a limit). What a
 //! request gets while Redis fails is `on_error`'s business: the proxy answers `allow` and
 //! `deny`; `local` is answered here from a memory store holding this replica's share.
+//! In `mode: sync` most requests are answered from leases instead (see `lease`).
 //! See docs/redis.md.
+
+mod lease;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
-use redis::{Client, Script};
+use redis::{Client, Script, ScriptInvocation};
 use smallvec::SmallVec;
 
 use super::memory::{KeyHasher, MemoryStore};
 use super::{Checking, OnError, Store, StoreError};
 use crate::config::RedisSettings;
-use crate::limiter::clock::Nanos;
+use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::{Algorithm, Check, CounterKey, Outcome, Outcomes, Quota, INLINE_LIMITS};
 use crate::telemetry;
+use lease::Leases;
 
 /// The largest value the script's double arithmetic holds exactly.
 const EXACT: u64 = 1 << 53;
@@ -39,6 +43,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica whose heartbeat is older than this no longer counts as live.
 const HEARTBEAT_STALE_MS: u64 = 3_000;
+/// Most counters renewed by one lease call (`mode: sync`).
+const LEASE_BATCH: usize = 128;
 
 /// Why a limit cannot be counted by the script, or `Ok`.
 pub fn supports(quota: &Quota, cost: u32) -> Result<(), String> {
@@ -83,13 +89,20 @@ struct Shared {
     over_cap: usize,
     /// Tests pin time to the caller's `now`; sluice always uses the server's clock.
     caller_clock: AtomicBool,
+    /// `mode: sync`: this replica's leases and how often they are renewed.
+    leases: Option<(Leases, Duration)>,
 }
 
 impl RedisStore {
     /// A store on `settings.url`. Connects lazily: a Redis that is down at start is
     /// treated like one that fails later (`on_error`), and reconnected to in the background.
-    /// Spawns the heartbeat and probe task; call inside a tokio runtime.
-    pub fn start(settings: &RedisSettings, max_entries: usize) -> Result<Self, StoreError> {
+    /// Spawns the heartbeat and probe task (and in `mode: sync` the lease renewal task,
+    /// which reads `clock`, the requests' clock); call inside a tokio runtime.
+    pub fn start(
+        settings: &RedisSettings,
+        max_entries: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
         let client = Client::open(settings.url.as_str())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -113,8 +126,14 @@ impl RedisStore {
             over: DashMap::with_hasher(BuildHasherDefault::default()),
             over_cap: max_entries,
             caller_clock: AtomicBool::new(false),
+            leases: settings
+                .sync_interval
+                .map(|every| (Leases::new(max_entries), every)),
         });
         tokio::spawn(keep_alive(Arc::downgrade(&shared)));
+        if let Some(every) = settings.sync_interval {
+            tokio::spawn(renew_leases(Arc::downgrade(&shared), every, clock));
+        }
         Ok(Self { shared })
     }
 
@@ -134,9 +153,17 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn check(&self, checks: &[Check], now: Nanos) -> Checking {
+        let leases = self.shared.leases.as_ref().map(|(leases, _)| leases);
+        if let Some(outcomes) = leases.and_then(|leases| leases.take(checks, now)) {
+            telemetry::store_leased_decision();
+            return Checking::Ready(Ok(outcomes));
+        }
         if let Some(outcomes) = self.shared.remembered(checks, now) {
             telemetry::store_cached_rejection();
             return Checking::Ready(Ok(outcomes));
+        }
+        if let Some(leases) = leases {
+            leases.ask(checks);
         }
         let shared = self.shared.clone();
         let checks: SmallVec<[Check; INLINE_LIMITS]> = checks.iter().copied().collect();
@@ -183,9 +210,14 @@ impl Store for RedisStore {
             "connected"
         };
         format!(
-            "redis {state}, {} live replicas, on_error={}",
+            "redis {state}, {} live replicas, on_error={}, mode={}",
             self.shared.replicas.load(Ordering::Relaxed),
-            self.shared.on_error.as_str()
+            self.shared.on_error.as_str(),
+            if self.shared.leases.is_some() {
+                "sync"
+            } else {
+                "strict"
+            }
         )
     }
 }
@@ -213,27 +245,38 @@ impl Shared {
         });
         let mut key = String::with_capacity(self.key_prefix.len() + 33);
         for check in checks {
-            key.clear();
-            key.push_str(&self.key_prefix);
-            let _ = write!(key, "{:016x}:{:016x}", check.key.limit, check.key.subject);
-            invocation.key(key.as_str());
-            let quota = &check.quota;
-            invocation
-                .arg(match check.algorithm {
-                    Algorithm::FixedWindow => "f",
-                    Algorithm::SlidingWindow => "s",
-                    Algorithm::TokenBucket => "t",
-                    Algorithm::Concurrency => {
-                        unreachable!("Policy::checks leaves concurrency limits out of the store")
-                    }
-                })
-                .arg(quota.limit())
-                .arg(quota.period() / 1_000)
-                .arg(quota.burst())
-                .arg(quota.emission_interval())
-                .arg(check.cost)
-                .arg(u8::from(check.shadow));
+            self.add_counter(&mut invocation, &mut key, check);
         }
+        let reply = self.invoke(&invocation).await?;
+        parse(&reply, checks.len())
+    }
+
+    /// Adds one counter's key and its 7 arguments to a script call.
+    fn add_counter(&self, invocation: &mut ScriptInvocation<'_>, key: &mut String, check: &Check) {
+        key.clear();
+        key.push_str(&self.key_prefix);
+        let _ = write!(key, "{:016x}:{:016x}", check.key.limit, check.key.subject);
+        invocation.key(key.as_str());
+        let quota = &check.quota;
+        invocation
+            .arg(match check.algorithm {
+                Algorithm::FixedWindow => "f",
+                Algorithm::SlidingWindow => "s",
+                Algorithm::TokenBucket => "t",
+                Algorithm::Concurrency => {
+                    unreachable!("Policy::checks leaves concurrency limits out of the store")
+                }
+            })
+            .arg(quota.limit())
+            .arg(quota.period() / 1_000)
+            .arg(quota.burst())
+            .arg(quota.emission_interval())
+            .arg(check.cost)
+            .arg(u8::from(check.shadow));
+    }
+
+    /// Runs a prepared script call within `timeout`, feeding the breaker.
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let result =
@@ -243,7 +286,7 @@ impl Shared {
         let error = match result {
             Ok(Ok(reply)) => {
                 self.breaker.success();
-                return parse(&reply, checks.len());
+                return Ok(reply);
             }
             Ok(Err(error)) => StoreError::Unavailable(error.to_string()),
             Err(_) => StoreError::Timeout(self.timeout),
@@ -253,6 +296,45 @@ impl Shared {
             tracing::warn!(%error, "redis store failing; circuit breaker open, probing in the background");
         }
         Err(error)
+    }
+
+    /// One lease call for `renewals` (`mode: sync`): gives back and takes units, counter
+    /// by counter. `sent` is the local time before the call.
+    async fn renew(&self, renewals: &[lease::Renewal], sent: Nanos) -> Result<(), StoreError> {
+        if self.breaker.is_open() {
+            return Err(StoreError::Unavailable("circuit breaker open".into()));
+        }
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(if self.caller_clock.load(Ordering::Relaxed) {
+            sent.to_string()
+        } else {
+            String::new()
+        });
+        invocation.arg("lease");
+        let mut key = String::with_capacity(self.key_prefix.len() + 33);
+        for renewal in renewals {
+            self.add_counter(&mut invocation, &mut key, &renewal.check());
+            invocation.arg(renewal.back);
+        }
+        let reply = self.invoke(&invocation).await?;
+        let n = renewals.len();
+        if reply.len() != n * 6 + 2 {
+            return Err(StoreError::Unavailable(format!(
+                "the limiter script answered {} values for {n} leases",
+                reply.len()
+            )));
+        }
+        let nat = |v: i64| u64::try_from(v).unwrap_or(0);
+        let ran = nat(reply[n * 6]) * 1_000 + nat(reply[n * 6 + 1]);
+        for (renewal, r) in renewals.iter().zip(reply.chunks_exact(6)) {
+            let grant = lease::Grant {
+                granted: u32::try_from(r[0]).unwrap_or(0),
+                remaining: u32::try_from(r[2]).unwrap_or(0),
+                reset: nat(r[3]) * 1_000 + nat(r[4]),
+            };
+            renewal.lease.grant(&grant, sent, ran);
+        }
+        Ok(())
     }
 
     /// The answer for a request one of whose limits is remembered as exhausted: that
@@ -274,7 +356,7 @@ impl Shared {
                     Some(over) => {
                         hit = true;
                         Outcome {
-                            retry_after: over.until - now,
+                            retry_after: over.retry_at.saturating_sub(now),
                             ..over.outcome
                         }
                     }
@@ -285,8 +367,14 @@ impl Shared {
         hit.then_some(outcomes)
     }
 
-    /// Remembers the limits that rejected a request until the wait they announced.
+    /// Remembers the limits that rejected a request until the wait they announced (in
+    /// `mode: sync` one `sync_interval` at most: units other replicas hold in leases may
+    /// come back sooner).
     fn remember(&self, checks: &[Check], outcomes: &Outcomes, now: Nanos) {
+        let most = self
+            .leases
+            .as_ref()
+            .map_or(Nanos::MAX, |(_, every)| every.as_nanos() as Nanos);
         for (check, outcome) in checks.iter().zip(outcomes) {
             if outcome.allowed || check.shadow || self.over.len() >= self.over_cap {
                 continue;
@@ -294,7 +382,8 @@ impl Shared {
             self.over.insert(
                 check.key,
                 Over {
-                    until: now + outcome.retry_after,
+                    until: now + outcome.retry_after.min(most),
+                    retry_at: now + outcome.retry_after,
                     quota: check.quota,
                     cost: check.cost,
                     outcome: *outcome,
@@ -335,10 +424,11 @@ impl Shared {
     }
 }
 
-/// A limit a caller exhausted: no request of at least `cost` fits before `until`
-/// (other traffic can only push that later).
+/// A limit a caller exhausted: no request of at least `cost` fits before `retry_at`
+/// (other traffic can only push that later); remembered until `until`.
 struct Over {
     until: Nanos,
+    retry_at: Nanos,
     quota: Quota,
     cost: u32,
     outcome: Outcome,
@@ -373,6 +463,29 @@ fn parse(reply: &[i64], n: usize) -> Result<Outcomes, StoreError> {
             retry_after: nat(o[5]),
         })
         .collect())
+}
+
+/// `mode: sync`: renews every lease each `every` while the breaker is closed.
+async fn renew_leases(shared: Weak<Shared>, every: Duration, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let Some((leases, _)) = &s.leases else { return };
+        // Tests on their own clock renew by hand.
+        if s.breaker.is_open() || s.caller_clock.load(Ordering::Relaxed) {
+            continue;
+        }
+        let now = clock.now();
+        let renewals = leases.plan(now, s.replicas.load(Ordering::Relaxed));
+        for batch in renewals.chunks(LEASE_BATCH) {
+            // A failed call grants nothing; what it gave back may be lost (under-admission).
+            if s.renew(batch, now).await.is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Renews this replica's heartbeat while Redis is healthy, and probes it while the

@@ -211,6 +211,73 @@ end
 
 local algorithms = { f = fixed, s = sliding, t = bucket }
 
+-- `mode: sync` (ARGV[2] == 'lease'): each counter on its own, not all or nothing. The
+-- replica gives back `back` units it leased and did not spend, then is granted as many of
+-- the `cost` units it asks for as fit now, taken exactly as requests of that cost would
+-- be. 8 ARGV per counter: the 7 above, then `back`. Returns 6 integers per counter
+-- (granted, limit, remaining, reset as (microseconds, ns), 0), then the time the script
+-- ran as (microseconds, ns).
+
+-- The state after giving back `back` units: a string, false (as good as none), or nil
+-- (unchanged: the units belong to a window that is over).
+local function give_back(algorithm, state, c, back)
+  if algorithm == 'f' then
+    local si, sc = string.match(state, '^(%d+):(%d+)$')
+    if tonumber(si) ~= (divmod(now_us, c.period_us)) then return nil end
+    return string.format('%s:%.0f', si, math.max(tonumber(sc) - back, 0))
+  elseif algorithm == 's' then
+    local si, sp, sc = string.match(state, '^(%d+):(%d+):(%d+)$')
+    if tonumber(si) < (divmod(now_us, c.period_us)) - 1 then return nil end
+    return string.format('%s:%s:%.0f', si, sp, math.max(tonumber(sc) - back, 0))
+  end
+  if #state <= 3 then return nil end
+  local ahead = since_now(tonumber(string.sub(state, 1, -4)), tonumber(string.sub(state, -3)))
+  if ahead <= 0 then return nil end
+  ahead = ahead - back * c.interval
+  if ahead <= 0 then return false end
+  local tat_us, tat_ns = later(ahead)
+  return string.format('%.0f%03d', tat_us, tat_ns)
+end
+
+if ARGV[2] == 'lease' then
+  local reply = {}
+  for i = 1, #KEYS do
+    local a = 2 + (i - 1) * 8
+    local algorithm = ARGV[a + 1]
+    local c = {
+      limit = tonumber(ARGV[a + 2]),
+      period_us = tonumber(ARGV[a + 3]),
+      burst = tonumber(ARGV[a + 4]),
+      interval = tonumber(ARGV[a + 5]),
+      cost = 1,
+    }
+    local want, back = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 8])
+    local state = redis.call('GET', KEYS[i]) or nil
+    local given = nil
+    if state and back > 0 then given = give_back(algorithm, state, c, back) end
+    if given ~= nil then state = given or nil end
+    local step = algorithms[algorithm]
+    local o = step(state, c, false)
+    local granted = math.min(want, o[3])
+    if granted > 0 then
+      c.cost = granted
+      local new_state, ttl
+      o, new_state, ttl = step(state, c, true)
+      redis.call('SET', KEYS[i], new_state, 'PX', ttl)
+    elseif given then
+      redis.call('SET', KEYS[i], given, 'KEEPTTL')
+    elseif given == false then
+      redis.call('DEL', KEYS[i])
+    end
+    reply[#reply + 1] = granted
+    for k = 2, 5 do reply[#reply + 1] = o[k] end
+    reply[#reply + 1] = 0
+  end
+  reply[#reply + 1] = now_us
+  reply[#reply + 1] = now_ns
+  return reply
+end
+
 local checks = {}
 for i = 1, #KEYS do
   local a = 2 + (i - 1) * 7

@@ -51,6 +51,7 @@ impl Server {
             timeout: Duration::from_secs(2),
             on_error,
             prefix: "test".into(),
+            sync_interval: None,
         }
     }
 }
@@ -60,6 +61,10 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(crate::limiter::clock::SystemClock::new())
 }
 
 fn check(limit: u64, algorithm: Algorithm, quota: Quota, cost: u32, shadow: bool) -> Check {
@@ -123,7 +128,7 @@ async fn answer(store: &dyn Store, checks: &[Check], now: Nanos, peek: bool) -> 
 #[tokio::test]
 async fn script_answers_exactly_as_the_memory_store() {
     let server = Server::start();
-    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000)
+    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000, system_clock())
         .unwrap()
         .on_caller_clock();
     let memory = MemoryStore::new(1000);
@@ -171,7 +176,7 @@ async fn script_answers_exactly_as_the_memory_store() {
 async fn large_counts_and_long_periods_stay_exact() {
     // prev × elapsed passes 2^53 here: the script's split arithmetic must hold.
     let server = Server::start();
-    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000)
+    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000, system_clock())
         .unwrap()
         .on_caller_clock();
     let memory = MemoryStore::new(1000);
@@ -213,7 +218,7 @@ async fn large_counts_and_long_periods_stay_exact() {
 #[tokio::test]
 async fn a_rejected_request_takes_nothing_and_keys_expire() {
     let server = Server::start();
-    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000).unwrap();
+    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000, system_clock()).unwrap();
     let q = |n| Quota::new(n, 60 * SECOND, n).unwrap();
     let wide = check(1, Algorithm::FixedWindow, q(10), 1, false);
     let narrow = check(2, Algorithm::FixedWindow, q(1), 1, false);
@@ -250,7 +255,7 @@ async fn a_rejected_request_takes_nothing_and_keys_expire() {
 #[tokio::test]
 async fn exhausted_callers_are_answered_without_redis_until_they_fit() {
     let server = Server::start();
-    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000).unwrap();
+    let redis = RedisStore::start(&server.settings(OnError::Deny), 1000, system_clock()).unwrap();
     let hourly = Quota::new(2, 3600 * SECOND, 2).unwrap();
     let limit = check(1, Algorithm::FixedWindow, hourly, 1, false);
     let other = check(
@@ -301,7 +306,7 @@ async fn failures_open_the_breaker_and_local_mode_enforces_a_share() {
     let server = Server::start();
     let mut settings = server.settings(OnError::Local);
     settings.timeout = Duration::from_millis(200);
-    let redis = RedisStore::start(&settings, 1000).unwrap();
+    let redis = RedisStore::start(&settings, 1000, system_clock()).unwrap();
     let limit = check(
         1,
         Algorithm::FixedWindow,
@@ -312,7 +317,7 @@ async fn failures_open_the_breaker_and_local_mode_enforces_a_share() {
     assert!(answer(&redis, &[limit], 0, false).await[0].allowed);
     // Two more replicas beat in the same Redis.
     let others: Vec<RedisStore> = (0..2)
-        .map(|_| RedisStore::start(&settings, 1000).unwrap())
+        .map(|_| RedisStore::start(&settings, 1000, system_clock()).unwrap())
         .collect();
     eventually(|| redis.shared.replicas.load(Ordering::Relaxed) == 3).await;
     drop(server);
@@ -345,4 +350,119 @@ fn limits_outside_the_scripts_arithmetic_are_refused() {
     assert!(supports(&q(10, 1_500, 10), 1).is_err());
     assert!(supports(&q(10, 200 * 86_400 * SECOND, 10), 1).is_err());
     assert!(supports(&q(1, 86_400 * SECOND, 2_000), 1).is_err());
+}
+
+/// Two replicas in `mode: sync` on the caller's clock, renewing their leases by hand.
+fn sync_replicas(server: &Server) -> [RedisStore; 2] {
+    let mut settings = server.settings(OnError::Deny);
+    settings.sync_interval = Some(Duration::from_millis(5));
+    [0, 1].map(|_| {
+        RedisStore::start(&settings, 1000, system_clock())
+            .unwrap()
+            .on_caller_clock()
+    })
+}
+
+async fn renew(store: &RedisStore, now: Nanos) {
+    let (leases, _) = store.shared.leases.as_ref().unwrap();
+    let renewals = leases.plan(now, 2);
+    if !renewals.is_empty() {
+        store.shared.renew(&renewals, now).await.unwrap();
+    }
+}
+
+/// Renews until the recent demand has decayed and every unit is given back.
+async fn drain(store: &RedisStore, now: Nanos) {
+    for _ in 0..40 {
+        renew(store, now).await;
+    }
+    assert!(store.shared.leases.as_ref().unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn leases_admit_no_more_than_redis_counted_and_give_back_the_rest() {
+    let server = Server::start();
+    let replicas = sync_replicas(&server);
+    let hourly = Quota::new(100, 3600 * SECOND, 100).unwrap();
+    let mut rng = StdRng::seed_from_u64(99);
+    for (i, algorithm) in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let limit = check(10 + i as u64, algorithm, hourly, 1, false);
+        let mut now = T0;
+        let (mut admitted, mut leased) = (0, 0);
+        for _ in 0..600 {
+            now += rng.random_range(0..1000);
+            let replica = &replicas[rng.random_range(0..2)];
+            if rng.random_bool(0.1) {
+                renew(replica, now).await;
+                continue;
+            }
+            replica.shared.over.clear();
+            let checking = replica.check(&[limit], now);
+            leased += u32::from(matches!(checking, Checking::Ready(_)));
+            let outcome = checking.resolve().await.unwrap()[0];
+            admitted += u32::from(outcome.allowed);
+            assert!(admitted <= 100, "{algorithm}: {admitted} admitted");
+            if outcome.allowed {
+                assert!(outcome.remaining < 100 && outcome.limit == 100);
+            }
+        }
+        assert_eq!(admitted, 100, "{algorithm}: the whole limit is reachable");
+        assert!(leased > 30, "{algorithm}: {leased} decided from leases");
+        // With no demand left, renewals give every unit back: Redis's count is exactly what
+        // was admitted.
+        for replica in &replicas {
+            drain(replica, now).await;
+        }
+        let peek = answer(&replicas[0], &[limit], now, true).await[0];
+        assert_eq!(peek.remaining, 0, "{algorithm}");
+    }
+}
+
+#[tokio::test]
+async fn unspent_units_go_back_to_redis_and_fixed_window_leases_end_at_the_reset() {
+    let server = Server::start();
+    let [a, b] = sync_replicas(&server);
+    let minute = Quota::new(40, 60 * SECOND, 40).unwrap();
+    let limit = check(20, Algorithm::FixedWindow, minute, 1, false);
+    let now = T0 - T0 % (60 * SECOND) + SECOND;
+    // A asks once, then leases 4 units (four times its demand; the cap is 40 / 4 / 2 = 5).
+    assert!(answer(&a, &[limit], now, false).await[0].allowed);
+    renew(&a, now).await;
+    let (leases, _) = a.shared.leases.as_ref().unwrap();
+    for _ in 0..4 {
+        assert!(matches!(a.check(&[limit], now), Checking::Ready(Ok(o)) if o[0].allowed));
+    }
+    assert!(matches!(a.check(&[limit], now), Checking::Pending(_)));
+    // Demand of 5 since the last renewal (4 spent, 1 asked): the lease grows to the cap.
+    renew(&a, now).await;
+    for _ in 0..5 {
+        assert!(matches!(a.check(&[limit], now), Checking::Ready(Ok(_))));
+    }
+    // B sees what A took: 1 + 4 + 5 = 10 of 40.
+    let seen = answer(&b, &[limit], now, true).await[0];
+    assert_eq!(seen.remaining, 30);
+    // Five more leased, not spent; with no demand the lease shrinks as the recent demand
+    // halves (5, 2, 1, 0: keeps 5, then 4, then nothing).
+    renew(&a, now).await;
+    assert_eq!(answer(&b, &[limit], now, true).await[0].remaining, 25);
+    renew(&a, now).await;
+    assert_eq!(answer(&b, &[limit], now, true).await[0].remaining, 25);
+    renew(&a, now).await;
+    assert_eq!(answer(&b, &[limit], now, true).await[0].remaining, 26);
+    drain(&a, now).await;
+    assert_eq!(answer(&b, &[limit], now, true).await[0].remaining, 30);
+    assert!(leases.is_empty());
+    // A lease taken in this window is not spent in the next one.
+    a.check(&[limit], now).resolve().await.unwrap();
+    renew(&a, now).await;
+    let reset = now - SECOND + 60 * SECOND;
+    assert!(matches!(a.check(&[limit], reset - 1), Checking::Ready(_)));
+    assert!(matches!(a.check(&[limit], reset), Checking::Pending(_)));
 }
