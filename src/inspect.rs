@@ -15,6 +15,7 @@ use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri};
 
+use crate::identity::jwt::TokenLocation;
 use crate::identity::{KeySource, Unidentified};
 use crate::policy::Policy;
 
@@ -23,11 +24,14 @@ pub const DEFAULT_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Who to look up. Every field is optional: no key is an anonymous caller.
 ///
-/// New identity kinds (a JWT) become one more field here and one more case in `head`.
+/// A new identity kind becomes one more field here and one more case in `head`.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
     /// An API key, presented through the first configured key source that can carry it.
     pub key: Option<String>,
+    /// A JWT, presented where the first configured `jwt` source looks for it. It is verified
+    /// like a live request's: a token that fails is reported as a 401, never as a caller.
+    pub jwt: Option<String>,
     /// The client address (default 127.0.0.1).
     pub ip: Option<IpAddr>,
 }
@@ -51,6 +55,9 @@ pub enum InspectError {
     /// The config reads no API keys.
     #[error("this config reads no API keys (`identify` has no `api_key` source)")]
     NoKeySource,
+    /// The config reads no JWTs.
+    #[error("this config reads no JWTs (`identify` has no `jwt` source)")]
+    NoJwtSource,
     /// No key source can carry this key.
     #[error("the key contains characters no configured key source can carry")]
     Unpresentable,
@@ -76,7 +83,30 @@ pub fn head(
     if let Some(key) = &caller.key {
         present_key(policy, &mut parts, key)?;
     }
+    if let Some(token) = &caller.jwt {
+        present_token(policy, &mut parts, token)?;
+    }
     Ok(parts)
+}
+
+/// Puts `token` where the first `jwt` source looks for it.
+fn present_token(policy: &Policy, parts: &mut Parts, token: &str) -> Result<(), InspectError> {
+    let jwt = policy
+        .identifier
+        .sources
+        .iter()
+        .find_map(|source| match source {
+            KeySource::Jwt(jwt) => Some(jwt),
+            _ => None,
+        })
+        .ok_or(InspectError::NoJwtSource)?;
+    let (name, value) = match &jwt.location {
+        TokenLocation::Bearer => (AUTHORIZATION, format!("Bearer {token}")),
+        TokenLocation::Header(name) => (name.clone(), token.to_string()),
+    };
+    let value = HeaderValue::from_str(&value).map_err(|_| InspectError::Unpresentable)?;
+    parts.headers.insert(name, value);
+    Ok(())
 }
 
 /// Puts `key` where the first key source able to carry it looks.

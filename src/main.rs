@@ -47,6 +47,9 @@ enum Command {
         /// The API key the request carries (none: an anonymous caller).
         #[arg(long)]
         key: Option<String>,
+        /// A JWT the request carries (verified as a live request's would be).
+        #[arg(long)]
+        jwt: Option<String>,
         /// The client address (default 127.0.0.1).
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
@@ -66,10 +69,16 @@ fn main() -> ExitCode {
         Command::Explain {
             config,
             key,
+            jwt,
             ip,
             method,
             path,
-        } => explain(&config, sluice::inspect::Caller { key, ip }, &method, &path),
+        } => explain(
+            &config,
+            sluice::inspect::Caller { key, jwt, ip },
+            &method,
+            &path,
+        ),
         Command::Schema => {
             let schema = config::schema::schema();
             println!(

@@ -1,5 +1,7 @@
 //! `sluice explain` on the shipped default config: exact output, no key in it.
 
+mod support;
+
 use std::process::Command;
 
 fn explain(args: &[&str]) -> (bool, String, String) {
@@ -92,4 +94,67 @@ fn explain_reports_bad_input_and_bad_configs() {
         )),
         "{err}"
     );
+}
+
+/// `--jwt` verifies the token as a live request would and explains its caller; a forged one
+/// is a 401. `/admin/usage?jwt=` reports the same caller's limits.
+#[tokio::test]
+async fn explain_and_usage_of_a_jwt_caller() {
+    let secret = "explain-secret";
+    let token = |key: &[u8]| {
+        let claims = serde_json::json!({
+            "sub": "user-7",
+            "exp": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples/c-passes.yaml");
+    let run = |jwt: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["explain", "-c", config, "--jwt", jwt, "GET", "/passes"])
+            .env("PASSES_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let out = run(&token(secret.as_bytes()));
+    assert!(out.contains("caller:   a verified JWT's subject"), "{out}");
+    assert!(out.contains("plan:     jwt"), "{out}");
+    assert!(
+        out.contains("all: 100/min fixed_window per key (plan-wide)"),
+        "{out}"
+    );
+    let out = run(&token(b"forged"));
+    assert!(
+        out.contains("result:   401 unauthorized: the JWT failed verification"),
+        "{out}"
+    );
+
+    let dir = support::dir();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("listen: 0.0.0.0:8080", "listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, text).unwrap();
+    let sluice = support::Sluice::start(&path, &[("PASSES_JWT_SECRET", secret)]);
+    let jwt = token(secret.as_bytes());
+    let bearer = format!("Bearer {jwt}");
+    let mut conn = sluice.connect().await;
+    conn.send("GET", "/passes", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    let usage = sluice.admin_json(&format!("/admin/usage?jwt={jwt}")).await;
+    assert_eq!(usage["caller"]["kind"], "jwt", "{usage}");
+    assert_eq!(usage["caller"]["plan"], "jwt", "{usage}");
+    assert_eq!(usage["limits"][0]["remaining"], 99, "{usage}");
 }

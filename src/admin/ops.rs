@@ -122,7 +122,7 @@ fn config(snapshot: &crate::proxy::Snapshot) -> Response<Body> {
     )
 }
 
-/// The caller named by a usage query: `key=K` and/or `ip=ADDR`.
+/// The caller named by a usage query: `key=K`, `jwt=TOKEN` and/or `ip=ADDR`.
 fn caller(query: &str) -> Result<Caller, String> {
     let mut caller = Caller::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -130,6 +130,7 @@ fn caller(query: &str) -> Result<Caller, String> {
         let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
         match name {
             "key" => caller.key = Some(value),
+            "jwt" => caller.jwt = Some(value),
             "ip" => {
                 caller.ip = Some(
                     value
@@ -139,13 +140,13 @@ fn caller(query: &str) -> Result<Caller, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown parameter \"{other}\"; expected key=KEY and/or ip=ADDR"
+                    "unknown parameter \"{other}\"; expected key=KEY, jwt=TOKEN and/or ip=ADDR"
                 ))
             }
         }
     }
-    if caller.key.is_none() && caller.ip.is_none() {
-        return Err("name a caller: ?key=KEY or ?ip=ADDR".into());
+    if caller.key.is_none() && caller.jwt.is_none() && caller.ip.is_none() {
+        return Err("name a caller: ?key=KEY, ?jwt=TOKEN or ?ip=ADDR".into());
     }
     Ok(caller)
 }
@@ -195,7 +196,7 @@ mod tests {
         assert_eq!(caller("key=a+b").unwrap().key.as_deref(), Some("a+b"));
         assert_eq!(
             caller("").unwrap_err(),
-            "name a caller: ?key=KEY or ?ip=ADDR"
+            "name a caller: ?key=KEY, ?jwt=TOKEN or ?ip=ADDR"
         );
         assert_eq!(
             caller("ip=nope").unwrap_err(),
@@ -203,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             caller("user=x").unwrap_err(),
-            "unknown parameter \"user\"; expected key=KEY and/or ip=ADDR"
+            "unknown parameter \"user\"; expected key=KEY, jwt=TOKEN and/or ip=ADDR"
         );
         assert_eq!(caller("key=%zz").unwrap_err(), "key: bad percent-encoding");
     }

@@ -34,7 +34,7 @@ fn config() -> Config {
 fn key(k: &str) -> Caller {
     Caller {
         key: Some(k.into()),
-        ip: None,
+        ..Caller::default()
     }
 }
 
@@ -94,8 +94,8 @@ limits:   1, every one must allow the request:
 fn explain_anonymous_denied_exempt_and_rejected_callers() {
     let c = config();
     let anonymous = Caller {
-        key: None,
         ip: Some("203.0.113.9".parse().unwrap()),
+        ..Caller::default()
     };
     assert_eq!(
         explain(&c, &anonymous, "GET", "/v1/things?page=2").unwrap(),
@@ -336,8 +336,8 @@ async fn usage_of_denied_and_unknown_callers() {
         "this caller is rejected with 401: the key is not registered, and unknown keys are rejected"
     );
     let by_ip = Caller {
-        key: None,
         ip: Some("198.51.100.7".parse().unwrap()),
+        ..Caller::default()
     };
     let report = usage(&c, &store, NOW, &by_ip).await.unwrap();
     assert_eq!(report.caller.kind, "ip");

@@ -29,7 +29,7 @@ fn allowed(gateway: &Gateway) -> bool {
     let policy = &snapshot.config.policy;
     let caller = Caller {
         key: Some("k1".into()),
-        ip: None,
+        ..Caller::default()
     };
     let parts = head(policy, &caller, "GET", "/hello").unwrap();
     let identity = policy.identifier.identify(&parts, DEFAULT_IP, 0).unwrap();
@@ -159,7 +159,7 @@ fn the_keys_file_is_part_of_the_config_and_its_hash() {
     let snapshot = gateway.snapshot.load();
     let caller = Caller {
         key: Some("k1".into()),
-        ip: None,
+        ..Caller::default()
     };
     let parts = head(&snapshot.config.policy, &caller, "GET", "/hello").unwrap();
     assert!(
