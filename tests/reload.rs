@@ -352,7 +352,7 @@ async fn admin_endpoints_need_the_token_when_one_is_set() {
     );
     let (status, body) = sluice.admin("GET", "/admin/usage", Some("s3cret")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("?key=KEY or ?ip=ADDR"), "{body}");
+    assert!(body.contains("?key=KEY, ?jwt=TOKEN or ?ip=ADDR"), "{body}");
 
     // The token itself is re-read on reload: a config without one opens the endpoints.
     write(&path, &config(upstream, 100, extra));
