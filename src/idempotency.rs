@@ -11,6 +11,7 @@
 
 pub mod memory;
 mod recording;
+pub mod redis;
 
 pub use recording::{Pending, Recording};
 

@@ -41,6 +41,8 @@ pub mod upstream;
 use std::future::Future;
 use std::sync::Arc;
 
+use idempotency::redis::RedisRecords;
+use idempotency::RecordStore;
 use limiter::clock::{Clock, SystemClock};
 use limiter::store::memory::MemoryStore;
 use limiter::store::redis::RedisStore;
@@ -60,13 +62,18 @@ pub async fn run(
         config.policy.identifier.registry.len(),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store: Arc<dyn Store> = match &config.store.redis {
-        None => Arc::new(MemoryStore::new(config.store.max_entries)),
+    // In Redis mode the idempotency records share the limiter's Redis, so every replica
+    // replays them.
+    let (store, records): (Arc<dyn Store>, Option<Arc<dyn RecordStore>>) = match &config.store.redis
+    {
+        None => (Arc::new(MemoryStore::new(config.store.max_entries)), None),
         Some(redis) => {
             let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
-            Arc::new(store)
+            let store = Arc::new(store);
+            let records = RedisRecords::new(store.clone(), config.idempotency.max_bytes);
+            (store, Some(Arc::new(records)))
         }
     };
     let sweep_every = config.store.sweep_interval;
@@ -79,7 +86,11 @@ pub async fn run(
     };
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
-    let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
+    let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
+    if let Some(records) = records {
+        gateway = gateway.with_records(records);
+    }
+    let gateway = Arc::new(gateway);
     let swept = gateway.clone();
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.

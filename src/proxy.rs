@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, RequestBody};
 use crate::config::Config;
-use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending};
+use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending, RecordStore};
 use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::concurrency::{Held, InFlight};
@@ -95,6 +95,13 @@ impl Gateway {
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
+    }
+
+    /// The same gateway with another idempotency record store (the memory one is the
+    /// default).
+    pub fn with_records(mut self, records: Arc<dyn RecordStore>) -> Self {
+        self.idempotency = Idempotency::new(records);
+        self
     }
 
     /// The same gateway with another penalty box backend (the memory one is the default).

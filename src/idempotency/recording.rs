@@ -133,9 +133,16 @@ impl Claim {
         match self.store.commit(&self.key, self.token, record) {
             Answer::Ready(Ok(true)) => count("stored"),
             Answer::Ready(_) => count("not_stored"),
-            later => {
-                count("stored");
-                later.detach();
+            Answer::Later(later) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        count(if let Ok(true) = later.await {
+                            "stored"
+                        } else {
+                            "not_stored"
+                        });
+                    });
+                }
             }
         }
     }

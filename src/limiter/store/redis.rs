@@ -21,7 +21,7 @@ use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
-use redis::{Client, Script, ScriptInvocation};
+use redis::{Client, FromRedisValue, Script, ScriptInvocation};
 use smallvec::SmallVec;
 
 use super::memory::{KeyHasher, MemoryStore};
@@ -149,6 +149,25 @@ impl RedisStore {
     pub fn breaker_open(&self) -> bool {
         self.shared.breaker.is_open()
     }
+
+    /// `{prefix}:`, the start of every key this store writes (the idempotency records
+    /// share it).
+    pub fn key_prefix(&self) -> &str {
+        &self.shared.key_prefix
+    }
+
+    /// Runs another module's script call on this store's connection, under the same
+    /// timeout, circuit breaker and metrics as the limiter's own calls (the idempotency
+    /// records use it).
+    pub async fn run<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        if self.shared.breaker.is_open() {
+            return Err(StoreError::Unavailable("circuit breaker open".into()));
+        }
+        self.shared.invoke(invocation).await
+    }
 }
 
 impl Store for RedisStore {
@@ -247,7 +266,7 @@ impl Shared {
         for check in checks {
             self.add_counter(&mut invocation, &mut key, check);
         }
-        let reply = self.invoke(&invocation).await?;
+        let reply: Vec<i64> = self.invoke(&invocation).await?;
         parse(&reply, checks.len())
     }
 
@@ -276,12 +295,14 @@ impl Shared {
     }
 
     /// Runs a prepared script call within `timeout`, feeding the breaker.
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let result =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-                .await;
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn)).await;
         telemetry::store_duration(started.elapsed());
         let error = match result {
             Ok(Ok(reply)) => {
@@ -316,7 +337,7 @@ impl Shared {
             self.add_counter(&mut invocation, &mut key, &renewal.check());
             invocation.arg(renewal.back);
         }
-        let reply = self.invoke(&invocation).await?;
+        let reply: Vec<i64> = self.invoke(&invocation).await?;
         let n = renewals.len();
         if reply.len() != n * 6 + 2 {
             return Err(StoreError::Unavailable(format!(
@@ -573,4 +594,4 @@ return redis.call('ZCARD', KEYS[1])
 ";
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

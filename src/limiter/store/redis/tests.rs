@@ -15,13 +15,13 @@ use crate::limiter::CounterKey;
 const T0: Nanos = 1_700_000_000 * SECOND + 123_456_789;
 
 /// A `redis-server` on a free loopback port, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     port: u16,
 }
 
 impl Server {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -45,7 +45,7 @@ impl Server {
         panic!("redis-server did not listen on port {port}");
     }
 
-    fn settings(&self, on_error: OnError) -> RedisSettings {
+    pub(crate) fn settings(&self, on_error: OnError) -> RedisSettings {
         RedisSettings {
             url: format!("redis://127.0.0.1:{}", self.port),
             timeout: Duration::from_secs(2),
@@ -63,7 +63,7 @@ impl Drop for Server {
     }
 }
 
-fn system_clock() -> Arc<dyn Clock> {
+pub(crate) fn system_clock() -> Arc<dyn Clock> {
     Arc::new(crate::limiter::clock::SystemClock::new())
 }
 
