@@ -7,7 +7,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -162,6 +162,11 @@ async fn send(
 }
 
 fn start(dir: &Path, upstream: SocketAddr) -> Sluice {
+    Sluice::start(&config(dir, upstream, ""), &[])
+}
+
+/// Writes the test config, with `extra` (top-level lines such as a `store`) at its end.
+fn config(dir: &Path, upstream: SocketAddr, extra: &str) -> PathBuf {
     let yaml = format!(
         r#"listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
@@ -175,11 +180,11 @@ routes:
 responses:
   idempotency_conflict:
     body: '{{"code":"IN_PROGRESS","status":${{status}},"request_id":"${{request_id}}"}}'
-"#
+{extra}"#
     );
     let path = dir.join("sluice.yaml");
     std::fs::write(&path, yaml).unwrap();
-    Sluice::start(&path, &[])
+    path
 }
 
 /// Headers that must match between the first response and its replays.
@@ -413,4 +418,103 @@ async fn a_client_that_leaves_early_gets_the_answer_on_retry_without_a_second_se
         assert_eq!(early.status, StatusCode::CONFLICT);
     }
     assert_eq!(up.seen.load(Ordering::SeqCst), 1);
+}
+
+/// Two sluice processes sharing one real `redis-server`.
+fn replicas(dir: &Path, upstream: SocketAddr, redis: &support::Redis) -> (Sluice, Sluice) {
+    let store = format!(
+        "store: {{ backend: redis, url: \"{}\", timeout: 200ms, on_error: allow }}\n",
+        redis.url()
+    );
+    let path = config(dir, upstream, &store);
+    (Sluice::start(&path, &[]), Sluice::start(&path, &[]))
+}
+
+#[tokio::test]
+async fn in_redis_mode_every_replica_replays_and_refuses_what_another_one_recorded() {
+    let up = upstream().await;
+    let redis = support::Redis::start();
+    let dir = support::dir();
+    let (a, b) = replicas(dir.path(), up.addr, &redis);
+
+    let first = post(a.listen, "/v1/messages", "alice", Some("r-1"), "hi").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.body, r#"{"id":1,"got":"hi"}"#);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    for replica in [&b, &a, &b, &b, &a] {
+        let replay = post(replica.listen, "/v1/messages", "alice", Some("r-1"), "hi").await;
+        assert_eq!(replay.status, StatusCode::CREATED);
+        assert_eq!(replay.body, first.body, "byte-identical");
+        assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+        assert_eq!(stable(&replay.headers), stable(&first.headers));
+    }
+    assert_eq!(up.seen.load(Ordering::SeqCst), 1);
+    // A changed request under the key is refused by the other replica too.
+    let changed = post(b.listen, "/v1/messages", "alice", Some("r-1"), "hI").await;
+    assert_eq!(changed.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Another caller's key of the same name is its own.
+    let bob = post(b.listen, "/v1/messages", "bob", Some("r-1"), "hi").await;
+    assert_eq!(bob.header("idempotent-replayed"), None);
+    assert_eq!(up.seen.load(Ordering::SeqCst), 2);
+
+    // A duplicate on B while A's first request is in flight: 409, then the replay.
+    let listen = a.listen;
+    let slow =
+        tokio::spawn(async move { post(listen, "/v1/slow", "alice", Some("dup"), "once").await });
+    support::eventually("the first request to reach the upstream", async || {
+        up.seen.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(a.metric("sluice_idempotency_entries").await, Some(1.0));
+    let duplicate = post(b.listen, "/v1/slow", "alice", Some("dup"), "once").await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    let body = String::from_utf8(duplicate.body.to_vec()).unwrap();
+    assert!(body.contains(r#""code":"IN_PROGRESS""#), "{body}");
+    up.gate.send(true).unwrap();
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        slow.body,
+        "slow 3",
+        "{:?}\n{}\n{}",
+        up.seen,
+        a.log_text(),
+        b.log_text()
+    );
+    let retry = post(b.listen, "/v1/slow", "alice", Some("dup"), "once").await;
+    assert_eq!(retry.body, "slow 3");
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(up.seen.load(Ordering::SeqCst), 3);
+
+    // A 503 through A is not stored: B forwards the retry.
+    let failed = post(a.listen, "/v1/fail", "alice", Some("f"), "x").await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    let again = post(b.listen, "/v1/fail", "alice", Some("f"), "x").await;
+    assert_eq!(again.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.seen.load(Ordering::SeqCst), 5);
+
+    let replayed = r#"sluice_idempotency_total{outcome="replayed"}"#;
+    assert_eq!(b.metric(replayed).await, Some(4.0));
+    assert_eq!(a.metric(replayed).await, Some(2.0));
+    support::eventually("A's claims to settle", async || {
+        a.metric("sluice_idempotency_entries").await == Some(0.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn in_redis_mode_a_dead_redis_forwards_without_a_record_counted_and_logged() {
+    let up = upstream().await;
+    let mut redis = support::Redis::start();
+    let dir = support::dir();
+    let (a, b) = replicas(dir.path(), up.addr, &redis);
+    redis.kill();
+    for replica in [&a, &a, &b] {
+        let reply = post(replica.listen, "/v1/fail", "alice", Some("k"), "x").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(up.seen.load(Ordering::SeqCst), 3);
+    let errors = r#"sluice_idempotency_total{outcome="error"}"#;
+    assert_eq!(a.metric(errors).await, Some(2.0));
+    assert_eq!(b.metric(errors).await, Some(1.0));
+    assert!(a.log_text().contains("idempotency store failed"));
 }

@@ -18,7 +18,7 @@ use http::{Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::{count, storable, stored_headers, Answer, Record, RecordKey, RecordStore};
+use super::{count, storable, stored_headers, Answer, Later, Record, RecordKey, RecordStore};
 use crate::body::{Body, RequestBody};
 use crate::limiter::concurrency::Held;
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
@@ -64,8 +64,22 @@ impl Pending {
         let upstream = upstream.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let result = upstream.forward(parts, body, &forwarded).await;
-            let result = result.map(|response| Pending(Some(claim)).keep(response));
+            let result = match upstream.forward(parts, body, &forwarded).await {
+                Ok(response) if worth_keeping(&response, claim.max_body) => {
+                    Ok(Pending(Some(claim)).keep(response))
+                }
+                // Released before the client hears back, so its retry (on any replica)
+                // is forwarded, not answered 409.
+                Ok(response) => {
+                    count("not_stored");
+                    claim.give_up().await;
+                    Ok(response)
+                }
+                Err(error) => {
+                    claim.give_up().await;
+                    Err(error)
+                }
+            };
             if let Err(Ok(response)) = answer.send(result) {
                 // The client left before the response: read it here, into the record.
                 drain(response.into_body()).await;
@@ -87,11 +101,7 @@ impl Pending {
         let Some(claim) = self.0 else {
             return response;
         };
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if !storable(response.status()) || declared.is_some_and(|n| n > claim.max_body) {
+        if !worth_keeping(&response, claim.max_body) {
             count("not_stored");
             return response;
         }
@@ -102,16 +112,29 @@ impl Pending {
             headers: stored_headers(&parts.headers),
             copy: BytesMut::new(),
             claim: Some(claim),
+            committing: None,
+            last: None,
         };
         if recording.inner.is_end_stream() {
-            recording.finish();
-            return Response::from_parts(
-                parts,
-                std::mem::replace(&mut recording.inner, Body::empty()),
-            );
+            recording.committing = recording.finish();
+            if recording.committing.is_none() {
+                return Response::from_parts(
+                    parts,
+                    std::mem::replace(&mut recording.inner, Body::empty()),
+                );
+            }
         }
         Response::from_parts(parts, Body::recorded(recording))
     }
+}
+
+/// Whether `response` may be stored: a final answer not declared larger than `max_body`.
+fn worth_keeping(response: &Response<Body>, max_body: u64) -> bool {
+    let declared = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    storable(response.status()) && declared.is_none_or(|n| n <= max_body)
 }
 
 /// Reads a body to its end (or until its recording stops), dropping the data.
@@ -128,23 +151,29 @@ pub(super) struct Claim {
 }
 
 impl Claim {
-    fn commit(mut self, record: Record) {
+    /// Releases the key and waits until the store has it.
+    async fn give_up(mut self) {
+        self.done = true;
+        let _ = self.store.release(&self.key, self.token).resolve().await;
+    }
+
+    /// Stores `record`; a remote store's answer is returned to wait for.
+    fn commit(mut self, record: Record) -> Option<Later<()>> {
         self.done = true;
         match self.store.commit(&self.key, self.token, record) {
             Answer::Ready(Ok(true)) => count("stored"),
             Answer::Ready(_) => count("not_stored"),
             Answer::Later(later) => {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        count(if let Ok(true) = later.await {
-                            "stored"
-                        } else {
-                            "not_stored"
-                        });
+                return Some(Box::pin(async move {
+                    count(if let Ok(true) = later.await {
+                        "stored"
+                    } else {
+                        "not_stored"
                     });
-                }
+                }));
             }
         }
+        None
     }
 }
 
@@ -164,6 +193,12 @@ pub struct Recording {
     copy: BytesMut,
     /// `None` once stored or given up.
     claim: Option<Claim>,
+    /// A remote store's commit under way: the body's end waits for it, so a client that
+    /// retries after reading the whole response is replayed, never answered 409.
+    committing: Option<Later<()>>,
+    /// The frame that ended the body, sent once the commit is done: a client that knows
+    /// the length is done reading with the last byte, not with the end of the stream.
+    last: Option<Frame<Bytes>>,
 }
 
 impl Recording {
@@ -182,15 +217,14 @@ impl Recording {
         self.copy.extend_from_slice(chunk);
     }
 
-    /// The body ended cleanly: store the record.
-    fn finish(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            claim.commit(Record {
-                status: self.status,
-                headers: std::mem::take(&mut self.headers),
-                body: std::mem::take(&mut self.copy).freeze(),
-            });
-        }
+    /// The body ended cleanly: store the record (a remote store's answer is returned).
+    fn finish(&mut self) -> Option<Later<()>> {
+        let claim = self.claim.take()?;
+        claim.commit(Record {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body: std::mem::take(&mut self.copy).freeze(),
+        })
     }
 
     /// The body failed or grew too large: release the key, free the copy.
@@ -211,18 +245,39 @@ impl http_body::Body for Recording {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(committing) = &mut this.committing {
+            std::task::ready!(committing.as_mut().poll(cx));
+            this.committing = None;
+            // A commit starts only once the body has ended: what is left is its last
+            // frame, if it had one, and the end.
+            return Poll::Ready(this.last.take().map(Ok));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.data(data);
                 }
-                // The server stops polling once the body says it has ended.
+                // The server stops polling once the body says it has ended; while a
+                // commit is under way it does not say so (`is_end_stream`).
                 if this.inner.is_end_stream() {
-                    this.finish();
+                    this.committing = this.finish();
+                    if this.committing.is_some() {
+                        let Poll::Ready(Some(Ok(frame))) = polled else {
+                            unreachable!("matched above")
+                        };
+                        this.last = Some(frame);
+                        return self.poll_frame(cx);
+                    }
                 }
             }
-            Poll::Ready(None) => this.finish(),
+            Poll::Ready(None) => {
+                this.committing = this.finish();
+                if let Some(committing) = &mut this.committing {
+                    std::task::ready!(committing.as_mut().poll(cx));
+                    this.committing = None;
+                }
+            }
             Poll::Ready(Some(Err(_))) => this.abandon(),
             Poll::Pending => {}
         }
@@ -230,7 +285,7 @@ impl http_body::Body for Recording {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.committing.is_none() && self.last.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -242,6 +297,12 @@ impl Drop for Recording {
     /// Dropped before its end: the client went away mid-body. The rest is read in the
     /// background so the record is complete for the retry.
     fn drop(&mut self) {
+        if let Some(committing) = self.committing.take() {
+            // The client left before the end: the commit finishes on its own.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(committing);
+            }
+        }
         if self.claim.is_none() {
             return;
         }
@@ -255,6 +316,8 @@ impl Drop for Recording {
             headers: std::mem::take(&mut self.headers),
             copy: std::mem::take(&mut self.copy),
             claim: self.claim.take(),
+            committing: None,
+            last: None,
         };
         runtime.spawn(drain(Body::recorded(rest)));
     }
