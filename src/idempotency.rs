@@ -6,7 +6,8 @@
 //! the same key and the same request (method, path and query, body digest) gets the stored
 //! response, marked `Idempotent-Replayed: true`, without reaching the upstream or the
 //! limiter. Owns the rules (what is stored, what a retry gets) and the `RecordStore` trait;
-//! the `memory` backend holds records in this process. Does not decide limits or render
+//! the `memory` backend holds records in this process, the `redis` one in the limiter
+//! store's Redis, shared by every replica. Does not decide limits or render
 //! replies: the proxy does, with the answer it gets from here.
 
 pub mod memory;

@@ -66,9 +66,10 @@ pub const TUNNELS_OPEN: &str = "sluice_tunnels_open";
 /// Idempotency-key outcomes: `replayed`, `conflict`, `mismatch`, `too_large`, `stored`,
 /// `not_stored`, `error`.
 pub const IDEMPOTENCY: &str = "sluice_idempotency_total";
-/// Idempotency records held (stored responses and claims in flight).
+/// Idempotency records held (stored responses and claims in flight); in Redis mode,
+/// this replica's claims in flight.
 pub const IDEMPOTENCY_ENTRIES: &str = "sluice_idempotency_entries";
-/// Bytes of stored idempotent responses.
+/// Bytes of stored idempotent responses (0 in Redis mode: they live in Redis).
 pub const IDEMPOTENCY_BYTES: &str = "sluice_idempotency_bytes";
 /// Every `outcome` label of [`IDEMPOTENCY`].
 pub const IDEMPOTENCY_OUTCOMES: [&str; 7] = [
