@@ -383,3 +383,81 @@ async fn sync_mode_calls_redis_for_a_small_fraction_of_requests() {
         "{leased} decided from leases"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_blocked_through_one_replica_is_blocked_on_every_replica() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes =
+        "  - { name: api, match: { path: /** }, limit: { rate: 1/min, algorithm: fixed_window } }
+penalty: { violations: 3, within: 1m, block_for: 1h }
+";
+    let (_dir, replicas) = start(2, &config(upstream, &redis, "local", routes));
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let mut on_a = a.connect().await;
+    assert_eq!(
+        on_a.get("/x", "abuser").await.unwrap().status,
+        StatusCode::OK
+    );
+    // Two rejections are only rejections; the third violation starts the block.
+    for _ in 0..2 {
+        let limited = on_a.get("/x", "abuser").await.unwrap();
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        let wait = limited
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok());
+        assert!(wait.is_some_and(|s| s <= 60), "{wait:?}");
+    }
+    let blocked = on_a.get("/x", "abuser").await.unwrap();
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(blocked.header("retry-after"), Some("3600"));
+
+    // Replica B never saw a violation of its own yet answers with the block once its
+    // mirror of the blocks in Redis has caught up.
+    let mut on_b = b.connect().await;
+    eventually("replica B enforces A's block", async || {
+        let reply = on_b.get("/x", "abuser").await.unwrap();
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        reply
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s > 3500)
+    })
+    .await;
+    assert_eq!(b.metric("sluice_penalties_total").await, Some(0.0));
+    assert_eq!(
+        b.metric(r#"sluice_requests_total{route="api",plan="default",decision="penalised"}"#)
+            .await
+            .map(|n| n >= 1.0),
+        Some(true)
+    );
+    // Other callers are untouched on both replicas.
+    assert_eq!(
+        on_b.get("/x", "someone-else").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // Redis gone: violations are counted in the replica's own memory box instead.
+    redis.kill();
+    let mut fresh = a.connect().await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = fresh.get("/x", "second-abuser").await.unwrap();
+        statuses.push((
+            reply.status,
+            reply.header("retry-after").map(str::to_string),
+        ));
+    }
+    assert_eq!(statuses[0].0, StatusCode::OK, "{statuses:?}");
+    assert!(
+        statuses[4..]
+            .iter()
+            .all(|(s, after)| *s == StatusCode::TOO_MANY_REQUESTS
+                && after.as_deref() == Some("3600")),
+        "{statuses:?}"
+    );
+    assert!(a.metric("sluice_penalty_local_total").await.unwrap() >= 1.0);
+    assert!(a
+        .log_text()
+        .contains("counting violations in this replica's memory"));
+}

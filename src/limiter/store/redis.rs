@@ -11,6 +11,9 @@
 //! See docs/redis.md.
 
 mod lease;
+mod penalty;
+
+pub use penalty::RedisPenalties;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -143,6 +146,12 @@ impl RedisStore {
     fn on_caller_clock(self) -> Self {
         self.shared.caller_clock.store(true, Ordering::Relaxed);
         self
+    }
+
+    /// The penalty box in this store's Redis, shared by every replica; its local mirror
+    /// and fallback hold at most `max_entries` identities. Spawns the mirror refresh.
+    pub fn penalties(&self, max_entries: usize, clock: Arc<dyn Clock>) -> RedisPenalties {
+        RedisPenalties::start(self.shared.clone(), max_entries, clock)
     }
 
     /// Whether the breaker is open (Redis is not being called).
