@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::StatusCode;
-use support::{eventually, Redis, Sluice};
+use support::{eventually, Redis, RedisCluster, Sluice};
 
 fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
     config_with(upstream, redis, &format!("on_error: {on_error}"), routes)
@@ -460,4 +460,64 @@ penalty: { violations: 3, within: 1m, block_for: 1h }
     assert!(a
         .log_text()
         .contains("counting violations in this replica's memory"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_counts_exactly_through_a_node_that_does_not_own_the_slot() {
+    let upstream = support::upstream().await;
+    let cluster = RedisCluster::start();
+    // Seed sluice with a node that does not hold the prefix's slot: every script call has to
+    // follow the cluster's slot map to another node.
+    let seed = *cluster
+        .ports
+        .iter()
+        .find(|&&port| {
+            cluster
+                .cli(port, &["get", "{sluice}:probe"])
+                .contains("MOVED")
+        })
+        .expect("two of three primaries do not own the slot");
+    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 20/d, algorithm: fixed_window } }
+  - { name: bucket,  match: { path: /bucket },  limit: { rate: 20/h, algorithm: token_bucket } }
+";
+    let text = format!(
+        "\
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstream: {{ url: \"http://{upstream}\" }}
+unknown_key: {{ plan: default }}
+store: {{ backend: redis, cluster: true, url: \"redis://127.0.0.1:{seed}\", timeout: 2s, on_error: deny }}
+routes:
+{routes}"
+    );
+    let (_dir, replicas) = start(1, &text);
+    for path in ["/fixed", "/bucket"] {
+        let statuses = one_by_one(&replicas, path, "cluster-key", 30).await;
+        assert_eq!(count(&statuses, StatusCode::OK), 20, "{path}: {statuses:?}");
+        assert_eq!(
+            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+            10,
+            "{path}: {statuses:?}"
+        );
+    }
+    // The counters live on the slot's owner, not on the seed.
+    let owner = cluster
+        .ports
+        .iter()
+        .find(|&&port| {
+            !cluster
+                .cli(port, &["get", "{sluice}:probe"])
+                .contains("MOVED")
+        })
+        .copied()
+        .unwrap();
+    let keys = cluster.cli(owner, &["keys", "{sluice}:*"]);
+    assert!(keys.lines().count() >= 2, "{keys}");
+    assert_eq!(cluster.cli(seed, &["dbsize"]).trim(), "0");
+    assert_eq!(
+        replicas[0]
+            .metric(r#"sluice_store_errors_total{kind="unavailable"}"#)
+            .await,
+        Some(0.0)
+    );
 }
