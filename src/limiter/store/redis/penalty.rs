@@ -153,11 +153,11 @@ impl Inner {
         let old = self.mirror.load();
         let mut mirror = Mirror::default();
         for pair in reply.chunks_exact(2) {
-            let (Ok(subject), Ok(left)) = (u64::from_str_radix(&pair[0], 16), pair[1].parse())
+            let (Ok(subject), Ok(left)) =
+                (u64::from_str_radix(&pair[0], 16), pair[1].parse::<u64>())
             else {
                 continue;
             };
-            let left: u64 = left;
             mirror.insert(subject, sent.saturating_add(left.saturating_mul(MS)));
         }
         for (&subject, &until) in old.iter() {
