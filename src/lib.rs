@@ -42,6 +42,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use limiter::clock::{Clock, SystemClock};
+use limiter::penalty::Penalties;
 use limiter::store::memory::MemoryStore;
 use limiter::store::redis::RedisStore;
 use limiter::store::Store;
@@ -60,13 +61,16 @@ pub async fn run(
         config.policy.identifier.registry.len(),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store: Arc<dyn Store> = match &config.store.redis {
-        None => Arc::new(MemoryStore::new(config.store.max_entries)),
+    let (store, penalties): (Arc<dyn Store>, Option<Arc<dyn Penalties>>) = match &config.store.redis
+    {
+        None => (Arc::new(MemoryStore::new(config.store.max_entries)), None),
         Some(redis) => {
             let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
-            Arc::new(store)
+            // The penalty box lives in the same Redis, so a block holds on every replica.
+            let penalties = store.penalties(config.store.max_entries, clock.clone());
+            (Arc::new(store), Some(Arc::new(penalties)))
         }
     };
     let sweep_every = config.store.sweep_interval;
@@ -79,7 +83,11 @@ pub async fn run(
     };
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
-    let gateway = Arc::new(proxy::Gateway::new(config, store.clone(), clock.clone()));
+    let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
+    if let Some(penalties) = penalties {
+        gateway = gateway.with_penalties(penalties);
+    }
+    let gateway = Arc::new(gateway);
     let swept = gateway.clone();
     let reloader = Arc::new(reload::Reloader::new(gateway.clone()));
     // Installed before the "running" line, so a SIGHUP from then on reloads, never kills.
