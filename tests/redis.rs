@@ -11,10 +11,17 @@ use http::StatusCode;
 use support::{eventually, Redis, RedisCluster, Sluice};
 
 fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
-    config_with(upstream, redis, &format!("on_error: {on_error}"), routes)
+    config_with(
+        upstream,
+        redis,
+        &format!("timeout: 50ms, on_error: {on_error}"),
+        routes,
+    )
 }
 
 /// A config whose store line ends with `store` (e.g. `on_error: deny, mode: sync`).
+/// Tests that count exactly give Redis a generous timeout: on a loaded CI machine a call
+/// can take more than 50 ms, and under `deny` that would be a 503, not a miscount.
 fn config_with(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
     format!(
         "\
@@ -22,7 +29,7 @@ listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 upstream: {{ url: \"http://{upstream}\" }}
 unknown_key: {{ plan: default }}
-store: {{ backend: redis, url: \"{url}\", timeout: 50ms, {store} }}
+store: {{ backend: redis, url: \"{url}\", {store} }}
 routes:
 {routes}",
         url = redis.url()
@@ -105,7 +112,8 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
   - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
   - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
 ";
-    let (_dir, replicas) = start(3, &config(upstream, &redis, "deny", routes));
+    let store = "timeout: 2s, on_error: deny";
+    let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     for path in ["/fixed", "/sliding", "/bucket"] {
         let statuses = storm(&replicas, path, "shared-key", 300).await;
         assert_eq!(statuses.len(), 300);
@@ -281,7 +289,7 @@ async fn sync_mode_never_admits_more_than_redis_counted() {
   - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
   - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
 ";
-    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 5ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     for path in ["/fixed", "/sliding", "/bucket"] {
@@ -305,7 +313,7 @@ async fn sync_mode_stays_within_its_bound_across_window_turns() {
     let routes = "  - { name: fixed,  match: { path: /fixed },  limit: { rate: 20/s, algorithm: fixed_window } }
   - { name: bucket, match: { path: /bucket }, limit: { rate: 20/s, algorithm: token_bucket } }
 ";
-    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 5ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     let unix = || {
@@ -340,7 +348,7 @@ async fn sync_mode_calls_redis_for_a_small_fraction_of_requests() {
     let upstream = support::upstream().await;
     let redis = Redis::start();
     let routes = "  - { name: api, match: { path: /api }, limit: 1000000/h }\n";
-    let store = "on_error: deny, mode: sync, sync_interval: 100ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 100ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     // Warm up: each replica's first requests go to Redis until its first renewal.
