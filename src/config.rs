@@ -139,6 +139,8 @@ pub struct RedisSettings {
     pub prefix: String,
     /// `mode: sync`: how often leases are reconciled with Redis. `None`: strict mode.
     pub sync_interval: Option<Duration>,
+    /// `url` is a seed node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl RedisSettings {

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use idempotency::redis::RedisRecords;
 use idempotency::RecordStore;
 use limiter::clock::{Clock, SystemClock};
+use limiter::penalty::Penalties;
 use limiter::store::memory::MemoryStore;
 use limiter::store::redis::RedisStore;
 use limiter::store::Store;
@@ -62,18 +63,19 @@ pub async fn run(
         config.policy.identifier.registry.len(),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    // In Redis mode the idempotency records share the limiter's Redis, so every replica
-    // replays them.
-    let (store, records): (Arc<dyn Store>, Option<Arc<dyn RecordStore>>) = match &config.store.redis
-    {
+    // In Redis mode the penalty box and the idempotency records live in the same Redis,
+    // so a block holds and a record replays on every replica.
+    type Shared = (Arc<dyn Penalties>, Arc<dyn RecordStore>);
+    let (store, shared): (Arc<dyn Store>, Option<Shared>) = match &config.store.redis {
         None => (Arc::new(MemoryStore::new(config.store.max_entries)), None),
         Some(redis) => {
             let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
+            let penalties = store.penalties(config.store.max_entries, clock.clone());
             let store = Arc::new(store);
             let records = RedisRecords::new(store.clone(), config.idempotency.max_bytes);
-            (store, Some(Arc::new(records)))
+            (store, Some((Arc::new(penalties), Arc::new(records))))
         }
     };
     let sweep_every = config.store.sweep_interval;
@@ -87,8 +89,8 @@ pub async fn run(
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
-    if let Some(records) = records {
-        gateway = gateway.with_records(records);
+    if let Some((penalties, records)) = shared {
+        gateway = gateway.with_penalties(penalties).with_records(records);
     }
     let gateway = Arc::new(gateway);
     let swept = gateway.clone();

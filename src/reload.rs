@@ -279,7 +279,8 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             .as_ref()
             .map_or("memory".to_string(), |r| {
                 format!(
-                    "redis {} (timeout {:?}, on_error {}, prefix {}, {})",
+                    "redis{} {} (timeout {:?}, on_error {}, prefix {}, {})",
+                    if r.cluster { " cluster" } else { "" },
                     r.redacted_url(),
                     r.timeout,
                     r.on_error.as_str(),

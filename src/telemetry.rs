@@ -53,6 +53,8 @@ pub const STORE_REPLICAS: &str = "sluice_store_replicas";
 pub const STORE_CACHED_REJECTIONS: &str = "sluice_store_cached_rejections_total";
 /// Requests decided from this replica's leases without a Redis call (`mode: sync`).
 pub const STORE_LEASED_DECISIONS: &str = "sluice_store_leased_decisions_total";
+/// Penalty-box violations counted in the local memory box because Redis failed.
+pub const PENALTY_LOCAL: &str = "sluice_penalty_local_total";
 /// Config reloads by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Unix time of the last config load that took effect (startup counts).
@@ -341,6 +343,11 @@ pub fn store_leased_decision() {
     metrics::counter!(STORE_LEASED_DECISIONS).increment(1);
 }
 
+/// Counts a penalty-box violation counted locally because Redis failed.
+pub fn penalty_local() {
+    metrics::counter!(PENALTY_LOCAL).increment(1);
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -376,6 +383,7 @@ pub fn install_metrics() -> PrometheusHandle {
         STORE_LOCAL_DECISIONS,
         STORE_CACHED_REJECTIONS,
         STORE_LEASED_DECISIONS,
+        PENALTY_LOCAL,
     ] {
         metrics::counter!(counter).absolute(0);
     }
@@ -479,6 +487,10 @@ fn describe() {
     describe_counter!(
         STORE_LEASED_DECISIONS,
         "Requests decided from this replica's leases without a Redis call (mode: sync)."
+    );
+    describe_counter!(
+        PENALTY_LOCAL,
+        "Penalty-box violations counted in this replica's memory because Redis failed."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads by result.");
     describe_gauge!(

@@ -8,13 +8,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::StatusCode;
-use support::{eventually, Redis, Sluice};
+use support::{eventually, Redis, RedisCluster, Sluice};
 
 fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
-    config_with(upstream, redis, &format!("on_error: {on_error}"), routes)
+    config_with(
+        upstream,
+        redis,
+        &format!("timeout: 50ms, on_error: {on_error}"),
+        routes,
+    )
 }
 
 /// A config whose store line ends with `store` (e.g. `on_error: deny, mode: sync`).
+/// Tests that count exactly give Redis a generous timeout: on a loaded CI machine a call
+/// can take more than 50 ms, and under `deny` that would be a 503, not a miscount.
 fn config_with(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
     format!(
         "\
@@ -22,7 +29,7 @@ listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 upstream: {{ url: \"http://{upstream}\" }}
 unknown_key: {{ plan: default }}
-store: {{ backend: redis, url: \"{url}\", timeout: 50ms, {store} }}
+store: {{ backend: redis, url: \"{url}\", {store} }}
 routes:
 {routes}",
         url = redis.url()
@@ -105,7 +112,8 @@ async fn three_replicas_admit_exactly_the_limit_for_every_algorithm() {
   - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
   - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
 ";
-    let (_dir, replicas) = start(3, &config(upstream, &redis, "deny", routes));
+    let store = "timeout: 2s, on_error: deny";
+    let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     for path in ["/fixed", "/sliding", "/bucket"] {
         let statuses = storm(&replicas, path, "shared-key", 300).await;
         assert_eq!(statuses.len(), 300);
@@ -281,7 +289,7 @@ async fn sync_mode_never_admits_more_than_redis_counted() {
   - { name: sliding, match: { path: /sliding }, limit: { rate: 50/h, algorithm: sliding_window } }
   - { name: bucket,  match: { path: /bucket },  limit: { rate: 50/h, algorithm: token_bucket } }
 ";
-    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 5ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     for path in ["/fixed", "/sliding", "/bucket"] {
@@ -305,7 +313,7 @@ async fn sync_mode_stays_within_its_bound_across_window_turns() {
     let routes = "  - { name: fixed,  match: { path: /fixed },  limit: { rate: 20/s, algorithm: fixed_window } }
   - { name: bucket, match: { path: /bucket }, limit: { rate: 20/s, algorithm: token_bucket } }
 ";
-    let store = "on_error: deny, mode: sync, sync_interval: 5ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 5ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     let unix = || {
@@ -340,7 +348,7 @@ async fn sync_mode_calls_redis_for_a_small_fraction_of_requests() {
     let upstream = support::upstream().await;
     let redis = Redis::start();
     let routes = "  - { name: api, match: { path: /api }, limit: 1000000/h }\n";
-    let store = "on_error: deny, mode: sync, sync_interval: 100ms";
+    let store = "timeout: 2s, on_error: deny, mode: sync, sync_interval: 100ms";
     let (_dir, replicas) = start(3, &config_with(upstream, &redis, store, routes));
     see_each_other(&replicas).await;
     // Warm up: each replica's first requests go to Redis until its first renewal.
@@ -381,5 +389,143 @@ async fn sync_mode_calls_redis_for_a_small_fraction_of_requests() {
     assert!(
         leased >= 3000.0 - calls as f64,
         "{leased} decided from leases"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_blocked_through_one_replica_is_blocked_on_every_replica() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes =
+        "  - { name: api, match: { path: /** }, limit: { rate: 1/min, algorithm: fixed_window } }
+penalty: { violations: 3, within: 1m, block_for: 1h }
+";
+    let (_dir, replicas) = start(2, &config(upstream, &redis, "local", routes));
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let mut on_a = a.connect().await;
+    assert_eq!(
+        on_a.get("/x", "abuser").await.unwrap().status,
+        StatusCode::OK
+    );
+    // Two rejections are only rejections; the third violation starts the block.
+    for _ in 0..2 {
+        let limited = on_a.get("/x", "abuser").await.unwrap();
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        let wait = limited
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok());
+        assert!(wait.is_some_and(|s| s <= 60), "{wait:?}");
+    }
+    let blocked = on_a.get("/x", "abuser").await.unwrap();
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(blocked.header("retry-after"), Some("3600"));
+
+    // Replica B never saw a violation of its own yet answers with the block once its
+    // mirror of the blocks in Redis has caught up.
+    let mut on_b = b.connect().await;
+    eventually("replica B enforces A's block", async || {
+        let reply = on_b.get("/x", "abuser").await.unwrap();
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        reply
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s > 3500)
+    })
+    .await;
+    assert_eq!(b.metric("sluice_penalties_total").await, Some(0.0));
+    assert_eq!(
+        b.metric(r#"sluice_requests_total{route="api",plan="default",decision="penalised"}"#)
+            .await
+            .map(|n| n >= 1.0),
+        Some(true)
+    );
+    // Other callers are untouched on both replicas.
+    assert_eq!(
+        on_b.get("/x", "someone-else").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // Redis gone: violations are counted in the replica's own memory box instead.
+    redis.kill();
+    let mut fresh = a.connect().await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = fresh.get("/x", "second-abuser").await.unwrap();
+        statuses.push((
+            reply.status,
+            reply.header("retry-after").map(str::to_string),
+        ));
+    }
+    assert_eq!(statuses[0].0, StatusCode::OK, "{statuses:?}");
+    assert!(
+        statuses[4..]
+            .iter()
+            .all(|(s, after)| *s == StatusCode::TOO_MANY_REQUESTS
+                && after.as_deref() == Some("3600")),
+        "{statuses:?}"
+    );
+    assert!(a.metric("sluice_penalty_local_total").await.unwrap() >= 1.0);
+    assert!(a
+        .log_text()
+        .contains("counting violations in this replica's memory"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_counts_exactly_through_a_node_that_does_not_own_the_slot() {
+    let upstream = support::upstream().await;
+    let cluster = RedisCluster::start();
+    // Seed sluice with a node that does not hold the prefix's slot: every script call has to
+    // follow the cluster's slot map to another node.
+    let seed = *cluster
+        .ports
+        .iter()
+        .find(|&&port| {
+            cluster
+                .cli(port, &["get", "{sluice}:probe"])
+                .contains("MOVED")
+        })
+        .expect("two of three primaries do not own the slot");
+    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 20/d, algorithm: fixed_window } }
+  - { name: bucket,  match: { path: /bucket },  limit: { rate: 20/h, algorithm: token_bucket } }
+";
+    let text = format!(
+        "\
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstream: {{ url: \"http://{upstream}\" }}
+unknown_key: {{ plan: default }}
+store: {{ backend: redis, cluster: true, url: \"redis://127.0.0.1:{seed}\", timeout: 2s, on_error: deny }}
+routes:
+{routes}"
+    );
+    let (_dir, replicas) = start(1, &text);
+    for path in ["/fixed", "/bucket"] {
+        let statuses = one_by_one(&replicas, path, "cluster-key", 30).await;
+        assert_eq!(count(&statuses, StatusCode::OK), 20, "{path}: {statuses:?}");
+        assert_eq!(
+            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+            10,
+            "{path}: {statuses:?}"
+        );
+    }
+    // The counters live on the slot's owner, not on the seed.
+    let owner = cluster
+        .ports
+        .iter()
+        .find(|&&port| {
+            !cluster
+                .cli(port, &["get", "{sluice}:probe"])
+                .contains("MOVED")
+        })
+        .copied()
+        .unwrap();
+    let keys = cluster.cli(owner, &["keys", "{sluice}:*"]);
+    assert!(keys.lines().count() >= 2, "{keys}");
+    assert_eq!(cluster.cli(seed, &["dbsize"]).trim(), "0");
+    assert_eq!(
+        replicas[0]
+            .metric(r#"sluice_store_errors_total{kind="unavailable"}"#)
+            .await,
+        Some(0.0)
     );
 }

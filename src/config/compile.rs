@@ -1231,6 +1231,7 @@ impl Compiler {
                 ("prefix", file.prefix.is_some()),
                 ("mode", file.mode.is_some()),
                 ("sync_interval", file.sync_interval.is_some()),
+                ("cluster", file.cluster.is_some()),
             ] {
                 if set {
                     self.key_problem(
@@ -1302,6 +1303,7 @@ impl Compiler {
             on_error,
             prefix,
             sync_interval,
+            cluster: file.cluster.unwrap_or(false),
         })
     }
 }

@@ -741,6 +741,10 @@ pub struct StoreFile {
     /// How often `mode: sync` reconciles its leases with Redis (default 5ms).
     #[serde(default)]
     pub sync_interval: Option<HumanDuration>,
+    /// `true`: `url` is one node of a Redis Cluster, from which sluice discovers the others
+    /// (redis only, default `false`).
+    #[serde(default)]
+    pub cluster: Option<bool>,
 }
 
 impl Default for StoreFile {
@@ -755,6 +759,7 @@ impl Default for StoreFile {
             prefix: None,
             mode: None,
             sync_interval: None,
+            cluster: None,
         }
     }
 }

@@ -161,6 +161,7 @@ fn redis_store_settings_compile_and_problems_name_their_place() {
         )
     );
     assert_eq!(defaults.sync_interval, None, "strict by default");
+    assert!(!defaults.cluster, "a single Redis by default");
     let sync = |store: &str| {
         load_str(
             &format!("upstream: {{ url: \"demo:\" }}\nstore: {{ backend: redis, url: \"redis://127.0.0.1\", {store} }}\n"),
@@ -194,6 +195,18 @@ fn redis_store_settings_compile_and_problems_name_their_place() {
         vec!["t.yaml:2:10: store.mode: applies to `backend: redis` only"]
     );
 
+    let cluster = load_str(
+        "upstream: { url: \"demo:\" }\nstore: { backend: redis, url: \"redis://127.0.0.1\", cluster: true }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert!(cluster.store.redis.unwrap().cluster);
+    let e = errors("upstream: { url: \"demo:\" }\nstore: { cluster: true }\n");
+    assert_eq!(
+        e,
+        vec!["t.yaml:2:10: store.cluster: applies to `backend: redis` only"]
+    );
     let e = errors("upstream: { url: \"demo:\" }\nstore: { url: \"redis://127.0.0.1\" }\n");
     assert_eq!(
         e,

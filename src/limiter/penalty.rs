@@ -5,8 +5,10 @@
 //! implement it too); the proxy asks it before checking limits and tells it about every
 //! real (non-shadow) rejection. Subjects are the identities' keyed hashes, as for counters.
 
+use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
@@ -31,9 +33,9 @@ pub trait Penalties: Send + Sync + 'static {
     /// When `subject`'s block ends, if it is blocked at `now`.
     fn blocked_until(&self, subject: u64, now: Nanos) -> Option<Nanos>;
 
-    /// Counts one rejection of `subject` under `rule`; returns the end of the block it
+    /// Counts one rejection of `subject` under `rule`; answers the end of the block it
     /// starts, if it starts one.
-    fn violation(&self, subject: u64, rule: &Penalty, now: Nanos) -> Option<Nanos>;
+    fn violation(&self, subject: u64, rule: &Penalty, now: Nanos) -> Violation;
 
     /// Drops entries that are over (block ended, violation window passed) and refreshes the
     /// blocked-identities gauge. Called periodically.
@@ -41,6 +43,24 @@ pub trait Penalties: Send + Sync + 'static {
 
     /// Identities blocked at `now`.
     fn blocked(&self, now: Nanos) -> usize;
+}
+
+/// A penalty box's answer to a violation: at once (memory) or later (a shared box).
+pub enum Violation {
+    /// Answered without waiting.
+    Ready(Option<Nanos>),
+    /// A remote box's answer in flight (only on a rejection, never on an allowed request).
+    Pending(Pin<Box<dyn Future<Output = Option<Nanos>> + Send>>),
+}
+
+impl Violation {
+    /// Waits for the answer: the end of the block the violation started, if any.
+    pub async fn resolve(self) -> Option<Nanos> {
+        match self {
+            Violation::Ready(until) => until,
+            Violation::Pending(future) => future.await,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -83,7 +103,25 @@ impl Penalties for MemoryPenalties {
         (until > now).then_some(until)
     }
 
-    fn violation(&self, subject: u64, rule: &Penalty, now: Nanos) -> Option<Nanos> {
+    fn violation(&self, subject: u64, rule: &Penalty, now: Nanos) -> Violation {
+        Violation::Ready(self.record(subject, rule, now))
+    }
+
+    fn sweep(&self, now: Nanos) {
+        self.sweep_entries(now);
+    }
+
+    fn blocked(&self, now: Nanos) -> usize {
+        self.entries
+            .iter()
+            .filter(|entry| entry.blocked_until > now)
+            .count()
+    }
+}
+
+impl MemoryPenalties {
+    /// Counts one rejection (see `Penalties::violation`).
+    pub fn record(&self, subject: u64, rule: &Penalty, now: Nanos) -> Option<Nanos> {
         if !self.entries.contains_key(&subject)
             && self.len.load(Ordering::Relaxed) >= self.max_entries
         {
@@ -111,7 +149,8 @@ impl Penalties for MemoryPenalties {
         Some(entry.blocked_until)
     }
 
-    fn sweep(&self, now: Nanos) {
+    /// Drops what is over; sets the gauge to the identities blocked here.
+    fn sweep_entries(&self, now: Nanos) {
         let mut blocked = 0;
         self.entries.retain(|_, entry| {
             let keep = entry.blocked_until > now || (entry.count > 0 && now < entry.window_end);
@@ -122,13 +161,6 @@ impl Penalties for MemoryPenalties {
             keep
         });
         telemetry::penalty_blocked(blocked);
-    }
-
-    fn blocked(&self, now: Nanos) -> usize {
-        self.entries
-            .iter()
-            .filter(|entry| entry.blocked_until > now)
-            .count()
     }
 }
 
@@ -152,13 +184,13 @@ mod tests {
         let clock = ManualClock::at(T0);
         let box_ = MemoryPenalties::new(100);
         let rule = rule(3, 60, 3600);
-        assert_eq!(box_.violation(7, &rule, clock.now()), None);
+        assert_eq!(box_.record(7, &rule, clock.now()), None);
         clock.advance(10 * SECOND);
-        assert_eq!(box_.violation(7, &rule, clock.now()), None);
+        assert_eq!(box_.record(7, &rule, clock.now()), None);
         assert_eq!(box_.blocked_until(7, clock.now()), None);
         clock.advance(10 * SECOND);
         let until = box_
-            .violation(7, &rule, clock.now())
+            .record(7, &rule, clock.now())
             .expect("third violation blocks");
         assert_eq!(until, T0 + 20 * SECOND + 3600 * SECOND);
         assert_eq!(box_.blocked(clock.now()), 1);
@@ -174,7 +206,7 @@ mod tests {
         // Other identities were never touched.
         assert_eq!(box_.blocked_until(8, clock.now()), None);
         // After the block the count starts afresh.
-        assert_eq!(box_.violation(7, &rule, until), None);
+        assert_eq!(box_.record(7, &rule, until), None);
     }
 
     #[test]
@@ -182,7 +214,7 @@ mod tests {
         let box_ = MemoryPenalties::new(100);
         let rule = rule(2, 60, 3600);
         for minute in 0..10 {
-            assert_eq!(box_.violation(1, &rule, T0 + minute * 60 * SECOND), None);
+            assert_eq!(box_.record(1, &rule, T0 + minute * 60 * SECOND), None);
         }
     }
 
@@ -190,14 +222,14 @@ mod tests {
     fn sweep_forgets_what_is_over_and_the_cap_bounds_memory() {
         let box_ = MemoryPenalties::new(2);
         let rule = rule(1, 60, 10);
-        assert!(box_.violation(1, &rule, T0).is_some());
-        assert!(box_.violation(2, &rule, T0).is_some());
+        assert!(box_.record(1, &rule, T0).is_some());
+        assert!(box_.record(2, &rule, T0).is_some());
         // Full: a third offender goes untracked rather than growing the map.
-        assert_eq!(box_.violation(3, &rule, T0), None);
+        assert_eq!(box_.record(3, &rule, T0), None);
         box_.sweep(T0 + 5 * SECOND);
         assert_eq!(box_.entries.len(), 2);
         box_.sweep(T0 + 10 * SECOND);
         assert_eq!(box_.entries.len(), 0);
-        assert!(box_.violation(3, &rule, T0 + 10 * SECOND).is_some());
+        assert!(box_.record(3, &rule, T0 + 10 * SECOND).is_some());
     }
 }

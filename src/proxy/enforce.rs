@@ -77,7 +77,7 @@ impl Gateway {
                     Err(i) => {
                         let full = &limits[first + i..=first + i];
                         let decision = busy(full[0].quota.limit(), now);
-                        return self.limited(reply, profile, identity, decision, full);
+                        return self.limited(reply, profile, identity, decision, full).await;
                     }
                 }
             }
@@ -104,7 +104,9 @@ impl Gateway {
             .limiter
             .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
         if !decision.allowed {
-            return self.limited(reply, profile, identity, decision, limits);
+            return self
+                .limited(reply, profile, identity, decision, limits)
+                .await;
         }
         // Smoothing: a token bucket with a `delay` reserved this request a slot in the near
         // future; it waits for it here (its slot is taken, so a client that leaves loses it).
@@ -138,7 +140,7 @@ impl Gateway {
     }
 
     /// A real rejection: counts toward the penalty box, which may answer instead.
-    fn limited(
+    async fn limited(
         &self,
         reply: &Reply<'_>,
         profile: &Profile,
@@ -147,7 +149,8 @@ impl Gateway {
         limits: &[Limit],
     ) -> Enforced {
         if let Some(rule) = &profile.penalty {
-            if let Some(until) = self.penalties.violation(identity.subject, rule, reply.now) {
+            let violation = self.penalties.violation(identity.subject, rule, reply.now);
+            if let Some(until) = violation.resolve().await {
                 tracing::info!(
                     plan = %profile.plan,
                     request_id = reply.request_id,

@@ -398,3 +398,118 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A free loopback port (bound once and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Redis Cluster of three primaries (no replicas) on free loopback ports, in a
+/// temporary directory; killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The primaries' ports.
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them with `redis-cli --cluster create` and waits until
+    /// every node reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let dir = dir();
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..3 {
+            let (port, bus) = (free_port(), free_port());
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(cluster._dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/test installs it)");
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+        }
+        for &port in &cluster.ports {
+            let listening = (0..250).any(|_| {
+                let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+                if !up {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                up
+            });
+            assert!(
+                listening,
+                "redis cluster node did not listen on port {port}"
+            );
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for &port in &cluster.ports {
+            let ok = (0..500).any(|_| {
+                let ok = cluster
+                    .cli(port, &["cluster", "info"])
+                    .contains("cluster_state:ok");
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                ok
+            });
+            assert!(
+                ok,
+                "redis cluster node {port} never reported cluster_state:ok"
+            );
+        }
+        cluster
+    }
+
+    /// `redis-cli -p PORT ARGS…`'s output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -192,6 +192,7 @@ async fn an_unreachable_redis_is_an_error_within_the_timeout_never_a_hang() {
         on_error: OnError::Allow,
         prefix: "test".into(),
         sync_interval: None,
+        cluster: false,
     };
     let store = RedisStore::start(&settings, 100, system_clock()).unwrap();
     let records = RedisRecords::new(Arc::new(store), 1 << 20);

@@ -11,6 +11,9 @@
 //! See docs/redis.md.
 
 mod lease;
+mod penalty;
+
+pub use penalty::RedisPenalties;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -21,6 +24,8 @@ use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{Client, FromRedisValue, Script, ScriptInvocation};
 use smallvec::SmallVec;
 
@@ -70,7 +75,7 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     heartbeat: Script,
     /// `{prefix}:`: the braces make the prefix the Redis Cluster hash tag.
@@ -103,14 +108,7 @@ impl RedisStore {
         max_entries: usize,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_secs(1))))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = Conn::open(settings).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let shared = Arc::new(Shared {
             conn,
             script: Script::new(include_str!("redis/check.lua")),
@@ -143,6 +141,12 @@ impl RedisStore {
     fn on_caller_clock(self) -> Self {
         self.shared.caller_clock.store(true, Ordering::Relaxed);
         self
+    }
+
+    /// The penalty box in this store's Redis, shared by every replica; its local mirror
+    /// and fallback hold at most `max_entries` identities. Spawns the mirror refresh.
+    pub fn penalties(&self, max_entries: usize, clock: Arc<dyn Clock>) -> RedisPenalties {
+        RedisPenalties::start(self.shared.clone(), max_entries, clock)
     }
 
     /// Whether the breaker is open (Redis is not being called).
@@ -238,6 +242,73 @@ impl Store for RedisStore {
                 "strict"
             }
         )
+    }
+}
+
+/// A connection to a single Redis (or a primary behind a failover proxy) or to a Redis
+/// Cluster; both multiplexed, connected lazily and reconnected in the background.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    fn open(settings: &RedisSettings) -> redis::RedisResult<Self> {
+        let connect_within = settings.timeout.max(Duration::from_secs(1));
+        if settings.cluster {
+            // The seed node's URL; the client discovers the other nodes and the slot map,
+            // and follows MOVED/ASK redirections. Every key of a request shares the
+            // prefix's hash tag, so a script call goes to one node.
+            let client = ClusterClient::builder([settings.url.as_str()])
+                .retries(2)
+                .build()?;
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect_within)
+                .set_response_timeout(connect_within);
+            return Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(config),
+            ));
+        }
+        let client = Client::open(settings.url.as_str())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_within))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
     }
 }
 

@@ -52,6 +52,7 @@ impl Server {
             on_error,
             prefix: "test".into(),
             sync_interval: None,
+            cluster: false,
         }
     }
 }
