@@ -288,8 +288,12 @@ impl Idempotency {
             Ok(Claimed::InFlight) => Err(refuse(Rejection::IdempotencyConflict, "conflict")),
             Ok(Claimed::Mismatch) => Err(refuse(Rejection::IdempotencyMismatch, "mismatch")),
             Err(error) => {
-                // Like the limiter, a failing store lets the request through: logged, counted.
-                tracing::warn!(%error, "idempotency store failed; forwarding without a record");
+                // Like the limiter, a failing store lets the request through: logged (once a
+                // second at most: it fails for every request while it is down), counted.
+                static GATE: crate::telemetry::LogGate = crate::telemetry::LogGate::new();
+                if let Some(suppressed) = GATE.admit(now) {
+                    tracing::warn!(%error, suppressed, "idempotency store failed; forwarding without a record");
+                }
                 count("error");
                 Ok((RequestBody::whole(bytes), Pending::none()))
             }

@@ -518,3 +518,58 @@ pub fn init_logs(json: bool, level: &str) {
         builder.try_init()
     };
 }
+
+/// A gate for a log line that could otherwise repeat on every request (a shadow rejection,
+/// a failing dependency): it opens at most once a second and reports how many lines it held
+/// back since.
+pub struct LogGate {
+    next: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    /// A gate open for the first line.
+    pub const fn new() -> Self {
+        Self {
+            next: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged at `now`.
+    pub fn admit(&self, now: crate::limiter::clock::Nanos) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = self.next.load(Relaxed);
+        if now < next
+            || self
+                .next
+                .compare_exchange(next, now + crate::limiter::clock::SECOND, Relaxed, Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
+    }
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod log_gate_tests {
+    use super::LogGate;
+    use crate::limiter::clock::SECOND;
+
+    #[test]
+    fn opens_once_a_second_and_counts_what_it_held_back() {
+        let gate = LogGate::new();
+        assert_eq!(gate.admit(10 * SECOND), Some(0));
+        assert_eq!(gate.admit(10 * SECOND + 1), None);
+        assert_eq!(gate.admit(11 * SECOND - 1), None);
+        assert_eq!(gate.admit(11 * SECOND), Some(2));
+    }
+}

@@ -5,7 +5,6 @@
 //! reply rendering stay in `proxy`.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Response;
 
@@ -186,17 +185,10 @@ fn busy(max: u32, now: Nanos) -> Decision {
 /// Logs a shadow rejection at `info`, at most once a second for the whole process, with the
 /// number left unlogged since: a new limit rolled out in shadow mode must not flood the log.
 fn shadow_log(reply: &Reply<'_>, decision: &Decision, limits: &[Limit], now: Nanos) {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let next = NEXT.load(Ordering::Relaxed);
-    if now < next
-        || NEXT
-            .compare_exchange(next, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    static GATE: telemetry::LogGate = telemetry::LogGate::new();
+    let Some(suppressed) = GATE.admit(now) else {
         return;
-    }
+    };
     let names: Vec<&str> = decision
         .violated()
         .filter_map(|i| limits.get(i).map(|l| &*l.name))
@@ -204,7 +196,7 @@ fn shadow_log(reply: &Reply<'_>, decision: &Decision, limits: &[Limit], now: Nan
     tracing::info!(
         limits = ?names,
         request_id = reply.request_id,
-        suppressed = SUPPRESSED.swap(0, Ordering::Relaxed),
+        suppressed,
         "shadow limit would have rejected this request"
     );
 }
