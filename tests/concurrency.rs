@@ -14,58 +14,44 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use support::Sluice;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// `/stream`: a chunk now and one every 20 ms, forever (until the connection goes);
 /// `/broken`: a chunk, then the upstream fails mid-body; anything else: `done`.
 async fn upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let body: UpBody = match req.uri().path() {
-                        "/stream" => {
-                            let chunks = futures_util::stream::unfold(0u64, |n| async move {
-                                if n > 0 {
-                                    tokio::time::sleep(Duration::from_millis(20)).await;
-                                }
-                                Some((Ok(Frame::data(Bytes::from_static(b"tick\n"))), n + 1))
-                            });
-                            StreamBody::new(chunks).boxed()
-                        }
-                        "/broken" => {
-                            let chunks = futures_util::stream::unfold(0, |n| async move {
-                                match n {
-                                    0 => Some((Ok(Frame::data(Bytes::from_static(b"half"))), 1)),
-                                    1 => {
-                                        tokio::time::sleep(Duration::from_millis(20)).await;
-                                        Some((Err(std::io::Error::other("upstream died")), 2))
-                                    }
-                                    _ => None,
-                                }
-                            });
-                            StreamBody::new(chunks).boxed()
-                        }
-                        _ => http_body_util::Full::new(Bytes::from_static(b"done"))
-                            .map_err(|never: Infallible| match never {})
-                            .boxed(),
-                    };
-                    Ok::<_, Infallible>(Response::new(body))
+    support::serve(|req: Request<Incoming>| async move {
+        let body: UpBody = match req.uri().path() {
+            "/stream" => {
+                let chunks = futures_util::stream::unfold(0u64, |n| async move {
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some((Ok(Frame::data(Bytes::from_static(b"tick\n"))), n + 1))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+                StreamBody::new(chunks).boxed()
+            }
+            "/broken" => {
+                let chunks = futures_util::stream::unfold(0, |n| async move {
+                    match n {
+                        0 => Some((Ok(Frame::data(Bytes::from_static(b"half"))), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Some((Err(std::io::Error::other("upstream died")), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                StreamBody::new(chunks).boxed()
+            }
+            _ => http_body_util::Full::new(Bytes::from_static(b"done"))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        };
+        Response::new(body)
+    })
+    .await
 }
 
 /// A request whose response is being received: its head has arrived, its body is open.

@@ -12,36 +12,18 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use support::{eventually, Conn, Sluice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An upstream that reads the whole request body and answers with its length.
 async fn counting_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        let text = match request.into_body().collect().await {
-                            Ok(body) => format!("got {} bytes", body.to_bytes().len()),
-                            Err(e) => format!("broken body: {e}"),
-                        };
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(text),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::serve(|request: http::Request<hyper::body::Incoming>| async move {
+        let text = match request.into_body().collect().await {
+            Ok(body) => format!("got {} bytes", body.to_bytes().len()),
+            Err(e) => format!("broken body: {e}"),
+        };
+        hyper::Response::new(Full::new(Bytes::from(text)))
+    })
+    .await
 }
 
 fn start(upstream: SocketAddr, limits: &str, extra: &str) -> (Sluice, tempfile::TempDir) {

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use support::Sluice;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// An upstream that counts what it sees. `/v1/messages` answers 201 with a fresh sequence
@@ -31,28 +30,14 @@ struct Upstream {
 }
 
 async fn upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicU64::new(0));
     let (gate, opened) = watch::channel(false);
     let counter = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (counter, opened) = (counter.clone(), opened.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let seq = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                    answer(req, seq, opened.clone())
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = support::serve(move |req| {
+        let seq = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        answer(req, seq, opened.clone())
+    })
+    .await;
     Upstream { addr, seen, gate }
 }
 
@@ -62,7 +47,7 @@ async fn answer(
     req: Request<Incoming>,
     seq: u64,
     mut opened: watch::Receiver<bool>,
-) -> Result<Response<UpBody>, Infallible> {
+) -> Response<UpBody> {
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     if path == "/v1/broken" {
@@ -81,7 +66,7 @@ async fn answer(
                 Some((frame, step + 1))
             }
         });
-        return Ok(Response::new(BodyExt::boxed(StreamBody::new(frames))));
+        return Response::new(BodyExt::boxed(StreamBody::new(frames)));
     }
     let (status, text) = match path.as_str() {
         "/v1/fail" => (503, "busy".to_string()),
@@ -104,7 +89,7 @@ async fn answer(
     headers.insert("content-type", "application/json".parse().unwrap());
     headers.insert("x-seq", seq.to_string().parse().unwrap());
     headers.insert("location", format!("/v1/messages/{seq}").parse().unwrap());
-    Ok(response)
+    response
 }
 
 #[derive(Debug)]

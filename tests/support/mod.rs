@@ -26,24 +26,37 @@ pub async fn upstream() -> SocketAddr {
 
 /// [`upstream`], with the number of requests it has received.
 pub async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = seen.clone();
+    let addr = serve(move |_req| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { hyper::Response::new(Full::new(Bytes::from_static(b"upstream ok"))) }
+    })
+    .await;
+    (addr, seen)
+}
+
+/// A real HTTP/1.1 server on a loopback port answering every request with `handler`.
+pub async fn serve<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let counter = counter.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"upstream ok"),
-                        )))
-                    }
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -51,7 +64,7 @@ pub async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicU6
             });
         }
     });
-    (addr, seen)
+    addr
 }
 
 /// A running `sluice run -c DIR/sluice.yaml`, killed on drop.
@@ -236,6 +249,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts the `X-RateLimit-*` headers are present (sluice sends them on every response).
+    pub fn assert_limit_headers(&self) {
+        for header in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(self.header(header).is_some(), "{header} on {}", self.status);
+        }
+    }
+
     /// A header as a string.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
