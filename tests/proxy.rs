@@ -6,7 +6,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,10 +75,12 @@ async fn answer(req: Request<Incoming>) -> Response<UpBody> {
     Response::new(body)
 }
 
-fn start(dir: &Path, yaml: &str) -> Sluice {
-    let path = dir.join("sluice.yaml");
+/// Starts sluice on `yaml`; the returned folder holds the config and must outlive it.
+fn start(yaml: &str) -> (Sluice, tempfile::TempDir) {
+    let dir = support::dir();
+    let path = dir.path().join("sluice.yaml");
     std::fs::write(&path, yaml).unwrap();
-    Sluice::start(&path, &[])
+    (Sluice::start(&path, &[]), dir)
 }
 
 fn config(upstream: SocketAddr, rest: &str) -> String {
@@ -94,9 +95,7 @@ fn config(upstream: SocketAddr, rest: &str) -> String {
 async fn concurrent_clients_get_exactly_the_limit() {
     let up = upstream().await;
     for algorithm in ["fixed_window", "sliding_window", "token_bucket"] {
-        let dir = support::dir();
-        let sluice = start(
-            dir.path(),
+        let (sluice, _dir) = start(
             &config(
                 up.addr,
                 &format!(
@@ -136,9 +135,7 @@ async fn concurrent_clients_get_exactly_the_limit() {
 #[tokio::test]
 async fn a_rejected_request_consumes_no_other_limit() {
     let up = upstream().await;
-    let dir = support::dir();
-    let sluice = start(
-        dir.path(),
+    let (sluice, _dir) = start(
         &config(
             up.addr,
             "keys: [{ key: k1, plan: pro }]\nplans: { pro: { limits: { all: { rate: 10/d, algorithm: fixed_window } } } }\nroutes:\n  - { name: narrow, match: { path: /narrow }, limit: { rate: 2/d, algorithm: fixed_window } }\n",
@@ -170,11 +167,8 @@ async fn headers_on_every_outcome() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let dir = support::dir();
-    let sluice = start(
-        dir.path(),
-        &format!(
-            "listen: 127.0.0.1:0
+    let (sluice, _dir) = start(&format!(
+        "listen: 127.0.0.1:0
 admin: {{ listen: 127.0.0.1:0 }}
 upstream: {{ url: http://{}, timeout: 300ms }}
 keys: [{{ key: k1, plan: pro }}, {{ key: k2, plan: free }}]
@@ -186,13 +180,10 @@ responses:
   headers: both
   reset: delta_seconds
 ",
-            up.addr
-        ),
-    );
+        up.addr
+    ));
     // A route that forwards to a port nobody listens on: the 502 case uses a second sluice.
-    let dir502 = support::dir();
-    let broken = start(
-        dir502.path(),
+    let (broken, _dir502) = start(
         &config(
             dead,
             "keys: [{ key: k1 }]\nroutes: [{ name: main, limit: 100/d }]\nresponses: { headers: both }\n",
@@ -256,14 +247,10 @@ responses:
 #[tokio::test]
 async fn forwarding_headers() {
     let up = upstream().await;
-    let dir = support::dir();
-    let sluice = start(
-        dir.path(),
-        &config(
-            up.addr,
-            "keys: [{ key: k1 }]\nroutes: [{ name: main, limit: 100/d }]\n",
-        ),
-    );
+    let (sluice, _dir) = start(&config(
+        up.addr,
+        "keys: [{ key: k1 }]\nroutes: [{ name: main, limit: 100/d }]\n",
+    ));
     let mut conn = sluice.connect().await;
     let reply = conn
         .send(
@@ -314,9 +301,7 @@ fn peak_rss(pid: u32) -> u64 {
 async fn large_bodies_stream_through() {
     const MIB: u64 = 1024 * 1024;
     let up = upstream().await;
-    let dir = support::dir();
-    let sluice = start(
-        dir.path(),
+    let (sluice, _dir) = start(
         &format!(
             "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstream: {{ url: http://{}, timeout: 60s }}\nkeys: [{{ key: k1 }}]\nroutes: [{{ name: main, limit: 100/d }}]\n",
             up.addr
@@ -370,9 +355,7 @@ async fn large_bodies_stream_through() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let up = upstream().await;
-    let dir = support::dir();
-    let mut sluice = start(
-        dir.path(),
+    let (mut sluice, _dir) = start(
         &format!(
             "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstream: {{ url: http://{}, timeout: 10s }}\nkeys: [{{ key: k1 }}]\nroutes: [{{ name: main, limit: 100/d }}]\nshutdown_timeout: 10s\n",
             up.addr
@@ -408,12 +391,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
 /// The default config's demo upstream works with nothing else running: 200s, then 429.
 #[tokio::test]
 async fn default_config_demo() {
-    let dir = support::dir();
     let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.yaml"))
         .unwrap()
         .replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
         .replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0");
-    let sluice = start(dir.path(), &yaml);
+    let (sluice, _dir) = start(&yaml);
     let mut conn = sluice.connect().await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
