@@ -1,17 +1,21 @@
-//! The embedded store: a sharded concurrent map of one `AtomicU64` per counter.
+//! The embedded store: a sharded concurrent map from a subject to its counters.
 //!
-//! The request path takes a shard read lock and updates the counter with a CAS loop; a new
-//! counter takes the shard's write lock once. Memory is bounded by `max_entries`. Entries
-//! whose state is as good as none (`idle_at` passed) are swept: dropping them loses
-//! nothing. When the cap is reached and nothing can be dropped safely, new subjects share
-//! one overflow counter per limit instead of getting fresh ones, so a flood of random
-//! keys can neither exhaust memory nor evict an active abuser's count.
+//! One entry holds every counter of one subject (a key, an org, an IP, or everyone) side by
+//! side, so a request's limits on one caller cost one lookup and one cache-cold region of
+//! the table, not one per limit: with a million callers tracked, that cold memory is most
+//! of a decision's time. The request path takes a shard read lock and updates each counter
+//! with a CAS loop; a subject's first use of a limit takes the shard's write lock once.
+//! Memory is bounded by `max_entries` counters. Counters whose state is as good as none
+//! (`idle_at` passed) are swept: dropping them loses nothing. When the cap is reached and
+//! nothing can be dropped safely, new counters go to one overflow counter per limit instead,
+//! so a flood of random keys can neither exhaust memory nor evict an active abuser's count.
 
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 use super::{Checking, Store};
 use crate::limiter::clock::{Nanos, SECOND};
@@ -43,14 +47,29 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-struct Entry {
+/// One counter of a subject.
+struct Counter {
+    /// `CounterKey::limit`.
+    limit: u64,
     state: AtomicU64,
     idle_at: AtomicU64,
 }
 
+/// A subject's counters. Most subjects meet at most three limits (a route's, a plan's, an
+/// org's), kept inline in the table's own slot.
+type Counters = SmallVec<[Counter; 3]>;
+
+type Table = DashMap<u64, Counters, BuildHasherDefault<KeyHasher>>;
+
+/// A shard read lock on one subject's counters, kept while consecutive checks of a request
+/// count the same subject. At most one is held at a time: two read locks on one shard from
+/// one thread could deadlock behind a waiting writer.
+type Held<'a> = Option<(u64, Ref<'a, u64, Counters>)>;
+
 /// The embedded store.
 pub struct MemoryStore {
-    entries: DashMap<CounterKey, Entry, BuildHasherDefault<KeyHasher>>,
+    entries: Table,
+    /// Counters tracked (not subjects): what `max_entries` bounds.
     len: AtomicUsize,
     max_entries: usize,
     last_full_sweep: AtomicU64,
@@ -67,27 +86,41 @@ impl MemoryStore {
         }
     }
 
-    fn acquire(&self, check: &Check, now: Nanos) -> Outcome {
-        if let Some(entry) = self.entries.get(&check.key) {
-            return update(&entry, check, now);
+    fn acquire<'a>(&'a self, held: &mut Held<'a>, check: &Check, now: Nanos) -> Outcome {
+        let subject = check.key.subject;
+        if held.as_ref().is_none_or(|(s, _)| *s != subject) {
+            *held = None;
+            *held = self
+                .entries
+                .get(&subject)
+                .map(|counters| (subject, counters));
         }
+        if let Some((_, counters)) = held {
+            if let Some(counter) = find(counters, check.key.limit) {
+                return update(counter, check, now);
+            }
+        }
+        *held = None;
         let fresh = check.algorithm.acquire(0, now, &check.quota, check.cost);
         if fresh.state.is_none() {
             // Nothing would be stored (the cost alone exceeds the limit).
             return fresh.outcome;
         }
         let key = self.admit(check.key, now);
-        let entry = match self.entries.entry(key) {
-            MapEntry::Occupied(occupied) => occupied.into_ref(),
-            MapEntry::Vacant(vacant) => {
+        let mut counters = self.entries.entry(key.subject).or_default();
+        let at = match counters.iter().position(|c| c.limit == key.limit) {
+            Some(at) => at,
+            None => {
                 self.len.fetch_add(1, Ordering::Relaxed);
-                vacant.insert(Entry {
+                counters.push(Counter {
+                    limit: key.limit,
                     state: AtomicU64::new(0),
                     idle_at: AtomicU64::new(0),
-                })
+                });
+                counters.len() - 1
             }
         };
-        update(&entry, check, now)
+        update(&counters[at], check, now)
     }
 
     /// The key a new counter is stored under: its own, or the overflow counter when full.
@@ -116,37 +149,43 @@ impl MemoryStore {
     }
 
     fn refund(&self, check: &Check, now: Nanos) {
-        let key = if self.entries.contains_key(&check.key) {
-            check.key
-        } else {
-            CounterKey {
-                limit: check.key.limit,
-                subject: OVERFLOW_SUBJECT,
-            }
-        };
-        if let Some(entry) = self.entries.get(&key) {
-            let _ = entry
+        let give_back = |counter: &Counter| {
+            let _ = counter
                 .state
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
                     Some(check.algorithm.refund(state, now, &check.quota, check.cost))
                 });
+        };
+        // Counted on the subject's own counter, or else on the overflow one.
+        for subject in [check.key.subject, OVERFLOW_SUBJECT] {
+            if let Some(counters) = self.entries.get(&subject) {
+                if let Some(counter) = find(&counters, check.key.limit) {
+                    return give_back(counter);
+                }
+            }
         }
     }
 
     fn peek_one(&self, check: &Check, now: Nanos) -> Outcome {
         let state = self
             .entries
-            .get(&check.key)
-            .map(|e| e.state.load(Ordering::Acquire))
+            .get(&check.key.subject)
+            .and_then(|counters| {
+                find(&counters, check.key.limit).map(|c| c.state.load(Ordering::Acquire))
+            })
             .unwrap_or(0);
         check.algorithm.peek(state, now, &check.quota, check.cost)
     }
 }
 
+fn find(counters: &Counters, limit: u64) -> Option<&Counter> {
+    counters.iter().find(|c| c.limit == limit)
+}
+
 /// CAS loop on one counter; the caller holds the shard lock, so a sweep cannot drop the
-/// entry between the state update and the `idle_at` update.
-fn update(entry: &Entry, check: &Check, now: Nanos) -> Outcome {
-    let mut state = entry.state.load(Ordering::Acquire);
+/// counter between the state update and the `idle_at` update.
+fn update(counter: &Counter, check: &Check, now: Nanos) -> Outcome {
+    let mut state = counter.state.load(Ordering::Acquire);
     loop {
         let step = check
             .algorithm
@@ -154,12 +193,12 @@ fn update(entry: &Entry, check: &Check, now: Nanos) -> Outcome {
         let Some(next) = step.state else {
             return step.outcome;
         };
-        match entry
+        match counter
             .state
             .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
-                entry.idle_at.fetch_max(step.idle_at, Ordering::AcqRel);
+                counter.idle_at.fetch_max(step.idle_at, Ordering::AcqRel);
                 return step.outcome;
             }
             Err(actual) => state = actual,
@@ -170,16 +209,18 @@ fn update(entry: &Entry, check: &Check, now: Nanos) -> Outcome {
 impl Store for MemoryStore {
     fn check(&self, checks: &[Check], now: Nanos) -> Checking {
         let mut outcomes = Outcomes::new();
+        let mut held: Held<'_> = None;
         let mut rejected = false;
         for (i, check) in checks.iter().enumerate() {
             if rejected {
                 outcomes.push(self.peek_one(check, now));
                 continue;
             }
-            let outcome = self.acquire(check, now);
+            let outcome = self.acquire(&mut held, check, now);
             outcomes.push(outcome);
             if !outcome.allowed && !check.shadow {
                 rejected = true;
+                held = None;
                 // Give back what the earlier limits took, and report them untouched.
                 for (j, earlier) in checks[..i].iter().enumerate() {
                     if outcomes[j].allowed {
@@ -201,10 +242,11 @@ impl Store for MemoryStore {
 
     fn sweep(&self, now: Nanos) {
         let mut removed = 0;
-        self.entries.retain(|_, entry| {
-            let keep = entry.idle_at.load(Ordering::Acquire) > now;
-            removed += usize::from(!keep);
-            keep
+        self.entries.retain(|_, counters| {
+            let before = counters.len();
+            counters.retain(|c| c.idle_at.load(Ordering::Acquire) > now);
+            removed += before - counters.len();
+            !counters.is_empty()
         });
         self.len.fetch_sub(removed, Ordering::Relaxed);
     }

@@ -120,3 +120,24 @@ fn peek_counts_nothing() {
     assert_eq!(peeked[0].remaining, 1);
     assert_eq!(run(&store, &[c], T0)[0].remaining, 0);
 }
+
+#[test]
+fn one_subject_keeps_any_number_of_limits_apart() {
+    let store = MemoryStore::new(100);
+    // More limits than a subject's entry holds inline, each with its own count.
+    let checks: Vec<Check> = (1..=6)
+        .map(|limit| check(limit, 7, limit as u32, Algorithm::FixedWindow))
+        .collect();
+    for (i, c) in checks.iter().enumerate() {
+        let admitted = (0..10)
+            .filter(|_| run(&store, &[*c], T0)[0].allowed)
+            .count();
+        assert_eq!(admitted, i + 1);
+    }
+    assert_eq!(store.tracked_entries(), 6);
+    // A counter is swept on its own once idle; the subject's busy ones stay.
+    run(&store, &[checks[0]], T0 + MINUTE);
+    store.sweep(T0 + MINUTE + 1);
+    assert_eq!(store.tracked_entries(), 1);
+    assert_eq!(run(&store, &[checks[0]], T0 + MINUTE)[0].remaining, 0);
+}
