@@ -121,6 +121,7 @@ pub async fn run(
             idempotency::report(&*swept.idempotency.store);
         }
     });
+    let upkeep = tokio::spawn(telemetry::upkeep(metrics.clone()));
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         gateway.clone(),
@@ -129,6 +130,7 @@ pub async fn run(
     ));
     server::serve(listener, gateway, shutdown, drain).await;
     sweeper.abort();
+    upkeep.abort();
     admin.abort();
     watcher.abort();
     if let Some(cert_watcher) = cert_watcher {

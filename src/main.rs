@@ -181,12 +181,22 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = sluice::telemetry::install_metrics();
     let config = load(path.as_ref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     sluice::telemetry::init_logs(config.log.json, &config.log.level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime().context("cannot start the async runtime")?;
     runtime.block_on(sluice::run(config, metrics, shutdown_signal()))?;
     Ok(())
+}
+
+/// One thread when the process may use one CPU (a sidecar's usual limit, by affinity or
+/// cgroup quota): a work-stealing scheduler would only add cross-thread wake-ups there.
+/// Otherwise one worker per CPU.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
 }
 
 async fn shutdown_signal() {

@@ -348,6 +348,19 @@ pub fn penalty_local() {
     metrics::counter!(PENALTY_LOCAL).increment(1);
 }
 
+/// Folds the observations histograms recorded since the last run into their buckets, every
+/// second, for as long as it runs. `install_recorder` leaves this to its caller: without it
+/// every observation is kept until the next scrape, and a sluice nobody scrapes grows by
+/// some 60 bytes a request (measured: 15 MB to 75 MB over 900,000 requests).
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
