@@ -105,6 +105,7 @@ pub async fn run(
         admin = %admin_listener.local_addr()?,
         routes,
         keys,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "sluice is running"
     );
 

@@ -388,14 +388,37 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert!(TcpStream::connect(sluice.listen).await.is_err());
 }
 
+/// The default config on loopback ephemeral ports.
+fn default_config() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.yaml"))
+        .unwrap()
+        .replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0")
+}
+
 /// The default config's demo upstream works with nothing else running: 200s, then 429.
 #[tokio::test]
 async fn default_config_demo() {
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.yaml"))
-        .unwrap()
-        .replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:0")
-        .replace("listen: 127.0.0.1:9090", "listen: 127.0.0.1:0");
-    let (sluice, _dir) = start(&yaml);
+    let (sluice, _dir) = start(&default_config());
+    demo_goes_from_200_to_429(&sluice).await;
+}
+
+/// Limited to one CPU, sluice runs its single-threaded scheduler and serves the same.
+#[tokio::test]
+async fn one_cpu_runs_one_thread() {
+    let dir = support::dir();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, default_config()).unwrap();
+    let sluice = Sluice::start_on_one_cpu(&path);
+    assert!(
+        sluice.log_text().contains("threads=1"),
+        "{}",
+        sluice.log_text()
+    );
+    demo_goes_from_200_to_429(&sluice).await;
+}
+
+async fn demo_goes_from_200_to_429(sluice: &Sluice) {
     let mut conn = sluice.connect().await;
     let mut statuses = Vec::new();
     for _ in 0..6 {

@@ -81,7 +81,17 @@ pub struct Sluice {
 impl Sluice {
     /// Starts the binary on `config` (a path), with extra environment variables.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Sluice {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_sluice")), config, env)
+    }
+
+    /// Starts `sluice run -c CONFIG` allowed to run on one CPU only (`taskset -c 0`).
+    pub fn start_on_one_cpu(config: &Path) -> Sluice {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0", env!("CARGO_BIN_EXE_sluice")]);
+        Self::launch(command, config, &[])
+    }
+
+    fn launch(mut command: Command, config: &Path, env: &[(&str, &str)]) -> Sluice {
         command
             .arg("run")
             .arg("-c")
