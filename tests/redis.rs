@@ -485,30 +485,6 @@ async fn a_redis_cluster_counts_exactly_through_a_node_that_does_not_own_the_slo
                 .contains("MOVED")
         })
         .expect("two of three primaries do not own the slot");
-    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 20/d, algorithm: fixed_window } }
-  - { name: bucket,  match: { path: /bucket },  limit: { rate: 20/h, algorithm: token_bucket } }
-";
-    let text = format!(
-        "\
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-upstream: {{ url: \"http://{upstream}\" }}
-unknown_key: {{ plan: default }}
-store: {{ backend: redis, cluster: true, url: \"redis://127.0.0.1:{seed}\", timeout: 2s, on_error: deny }}
-routes:
-{routes}"
-    );
-    let (_dir, replicas) = start(1, &text);
-    for path in ["/fixed", "/bucket"] {
-        let statuses = one_by_one(&replicas, path, "cluster-key", 30).await;
-        assert_eq!(count(&statuses, StatusCode::OK), 20, "{path}: {statuses:?}");
-        assert_eq!(
-            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
-            10,
-            "{path}: {statuses:?}"
-        );
-    }
-    // The counters live on the slot's owner, not on the seed.
     let owner = cluster
         .ports
         .iter()
@@ -519,6 +495,33 @@ routes:
         })
         .copied()
         .unwrap();
+    let routes = "  - { name: fixed,   match: { path: /fixed },   limit: { rate: 20/d, algorithm: fixed_window } }
+  - { name: bucket,  match: { path: /bucket },  limit: { rate: 20/h, algorithm: token_bucket } }
+";
+    let text = format!(
+        "\
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstream: {{ url: \"http://{upstream}\" }}
+unknown_key: {{ plan: default }}
+store: {{ backend: redis, cluster: true, url: \"redis://127.0.0.1:SEED\", timeout: 2s, on_error: deny }}
+routes:
+{routes}"
+    );
+    // Two replicas seeded with different nodes still count every caller under one key.
+    let (_dir, mut replicas) = start(1, &text.replace("SEED", &seed.to_string()));
+    let (_other_dir, other) = start(1, &text.replace("SEED", &owner.to_string()));
+    replicas.extend(other);
+    for path in ["/fixed", "/bucket"] {
+        let statuses = one_by_one(&replicas, path, "cluster-key", 30).await;
+        assert_eq!(count(&statuses, StatusCode::OK), 20, "{path}: {statuses:?}");
+        assert_eq!(
+            count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+            10,
+            "{path}: {statuses:?}"
+        );
+    }
+    // The counters live on the slot's owner, not on the seed.
     let keys = cluster.cli(owner, &["keys", "{sluice}:*"]);
     assert!(keys.lines().count() >= 2, "{keys}");
     assert_eq!(cluster.cli(seed, &["dbsize"]).trim(), "0");

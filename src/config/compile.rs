@@ -87,6 +87,19 @@ pub fn compile(file: File, keys_file: Vec<KeyEntry>) -> Result<Config, Vec<Probl
     compile_in(file, keys_file, None)
 }
 
+/// A Redis URL without its host and port: what seeds the shared subject hashes. Replicas
+/// reach one Redis (or one cluster, through any of its nodes) by different names; what they
+/// share is the credentials, the database and the prefix.
+fn without_host(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (credentials, address) = match rest.rsplit_once('@') {
+        Some((credentials, address)) => (credentials, address),
+        None => ("", rest),
+    };
+    let path = address.find(['/', '?']).map_or("", |at| &address[at..]);
+    format!("{scheme}://{credentials}@{path}")
+}
+
 /// As [`compile`], resolving relative file names (JWT keys) against `dir`.
 pub fn compile_in(
     file: File,
@@ -105,7 +118,8 @@ pub fn compile_in(
         // Before any subject (an org below) is hashed: every replica pointed at this
         // Redis and prefix must count a caller under the same counter.
         let prefix = file.store.prefix.as_deref().unwrap_or("sluice");
-        crate::identity::share_subject_secret(format!("{url}\0{prefix}").as_bytes());
+        let seed = format!("{}\0{prefix}", without_host(url));
+        crate::identity::share_subject_secret(seed.as_bytes());
     }
 
     let routes_and_specs = c.routes(&file.routes);

@@ -238,3 +238,28 @@ routes:
     assert_eq!(errors.0.len(), 1, "{errors}");
     assert!(errors.0[0].message.contains("at most 1048575"), "{errors}");
 }
+
+#[test]
+fn replicas_naming_redis_by_different_hosts_share_subject_hashes() {
+    use super::without_host;
+    // Two nodes of one cluster, or one Redis by name and by address: one seed.
+    assert_eq!(
+        without_host("redis://:s3cret@redis-0.redis:6379/0"),
+        without_host("redis://:s3cret@10.0.0.7:7001/0")
+    );
+    assert_eq!(without_host("redis://127.0.0.1:6379"), "redis://@");
+    assert_eq!(
+        without_host("rediss://user:pw@h:1?protocol=resp3"),
+        "rediss://user:pw@?protocol=resp3"
+    );
+    // What the replicas must share still tells deployments apart.
+    assert_ne!(
+        without_host("redis://:a@h/0"),
+        without_host("redis://:b@h/0")
+    );
+    assert_ne!(without_host("redis://h/0"), without_host("redis://h/1"));
+    assert_eq!(
+        without_host("unix:///run/redis.sock"),
+        "unix://@/run/redis.sock"
+    );
+}
