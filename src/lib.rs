@@ -134,7 +134,13 @@ pub async fn run(
         metrics,
         reloader,
     ));
+    let slots = gateway.shared_slots.clone();
     server::serve(listener, gateway, shutdown, drain).await;
+    // Spawned releases would die with the runtime: give the slots back before exiting, so
+    // the other replicas need not wait for the leases to expire.
+    if let Some(slots) = slots {
+        slots.release_all().await;
+    }
     sweeper.abort();
     admin.abort();
     watcher.abort();

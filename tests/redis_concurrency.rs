@@ -247,6 +247,36 @@ async fn a_replica_killed_while_holding_slots_gives_them_back_after_the_lease_ti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shut_down_gives_its_slots_back_before_it_exits() {
+    let (upstream, gate) = gated_upstream().await;
+    let redis = Redis::start();
+    let routes = "  - { name: hold, match: { path: /** }, limit: { concurrency: 2 } }\n";
+    let store = "timeout: 2s, on_error: deny";
+    let text = format!(
+        "shutdown_timeout: 1s\n{}",
+        config(upstream, &redis, store, routes)
+    );
+    let (_dir, mut replicas) = start(2, &text);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    for _ in 0..2 {
+        send(replicas[0].listen, "/hold", "k", &tx);
+    }
+    eventually("two requests held through A", async || gate.active() == 2).await;
+    assert_eq!(slots_in_redis(&redis), 2);
+
+    // SIGTERM: A drains for 1 s, then cuts the two requests off and releases their slots
+    // on its way out instead of leaving them to the lease time.
+    replicas[0].terminate();
+    assert!(replicas[0].wait().success());
+    assert_eq!(slots_in_redis(&redis), 0);
+    let mut on_b = replicas[1].connect().await;
+    assert_eq!(
+        on_b.get("/quick", "k").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_answers_503_while_redis_is_down_and_held_leases_come_back_after() {
     let (upstream, gate) = gated_upstream().await;
     let mut redis = Redis::start();

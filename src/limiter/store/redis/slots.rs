@@ -162,6 +162,20 @@ impl RedisSlots {
     pub async fn renew_now(&self) {
         self.inner.round().await;
     }
+
+    /// At shutdown: gives back every lease this replica still holds or has to release,
+    /// within one store timeout per batch (the rest expire with their lease time). Requests
+    /// still running past the drain deadline are about to be cut off with the process.
+    pub async fn release_all(&self) {
+        let inner = &self.inner;
+        for (seq, keys) in snapshot(&inner.held) {
+            inner.held.remove(&seq);
+            inner.releasing.insert(seq, keys);
+        }
+        if !inner.shared.breaker.is_open() {
+            inner.release_pending().await;
+        }
+    }
 }
 
 impl Inner {
@@ -251,20 +265,28 @@ impl Inner {
         self.shared.invoke::<i64>(&invocation).await.map(drop)
     }
 
+    /// Removes the leases waiting for release; false when a call failed.
+    async fn release_pending(&self) -> bool {
+        let releasing = snapshot(&self.releasing);
+        for batch in releasing.chunks(BATCH) {
+            if self.sync(&[], batch).await.is_err() {
+                return false;
+            }
+            for (seq, _) in batch {
+                self.releasing.remove(seq);
+            }
+        }
+        true
+    }
+
     /// Retries the releases that failed, then renews every lease held, while the breaker is
     /// closed.
     async fn round(&self) {
         if self.shared.breaker.is_open() {
             return;
         }
-        let releasing = snapshot(&self.releasing);
-        for batch in releasing.chunks(BATCH) {
-            if self.sync(&[], batch).await.is_err() {
-                return;
-            }
-            for (seq, _) in batch {
-                self.releasing.remove(seq);
-            }
+        if !self.release_pending().await {
+            return;
         }
         let held = snapshot(&self.held);
         for batch in held.chunks(BATCH) {
