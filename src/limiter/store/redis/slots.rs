@@ -149,17 +149,20 @@ impl RedisSlots {
     }
 
     /// Leases this replica holds in Redis (requests in flight).
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.inner.held.len()
     }
 
     /// Leases whose removal from Redis is still to be done.
-    pub fn releasing(&self) -> usize {
+    #[cfg(test)]
+    fn releasing(&self) -> usize {
         self.inner.releasing.len()
     }
 
     /// One renewal round now (the background task runs one every third of the lease time).
-    pub async fn renew_now(&self) {
+    #[cfg(test)]
+    async fn renew_now(&self) {
         self.inner.round().await;
     }
 
