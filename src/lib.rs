@@ -46,7 +46,7 @@ use idempotency::RecordStore;
 use limiter::clock::{Clock, SystemClock};
 use limiter::penalty::Penalties;
 use limiter::store::memory::MemoryStore;
-use limiter::store::redis::RedisStore;
+use limiter::store::redis::{RedisSlots, RedisStore};
 use limiter::store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -63,9 +63,9 @@ pub async fn run(
         config.policy.identifier.registry.len(),
     );
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    // In Redis mode the penalty box and the idempotency records live in the same Redis,
-    // so a block holds and a record replays on every replica.
-    type Shared = (Arc<dyn Penalties>, Arc<dyn RecordStore>);
+    // In Redis mode the penalty box, the idempotency records and the concurrency slots live
+    // in the same Redis, so a block holds, a record replays and a slot counts on every replica.
+    type Shared = (Arc<dyn Penalties>, Arc<dyn RecordStore>, Arc<RedisSlots>);
     let (store, shared): (Arc<dyn Store>, Option<Shared>) = match &config.store.redis {
         None => (Arc::new(MemoryStore::new(config.store.max_entries)), None),
         Some(redis) => {
@@ -73,9 +73,13 @@ pub async fn run(
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
             let penalties = store.penalties(config.store.max_entries, clock.clone());
+            let slots = store.slots();
             let store = Arc::new(store);
             let records = RedisRecords::new(store.clone(), config.idempotency.max_bytes);
-            (store, Some((Arc::new(penalties), Arc::new(records))))
+            (
+                store,
+                Some((Arc::new(penalties), Arc::new(records), Arc::new(slots))),
+            )
         }
     };
     let sweep_every = config.store.sweep_interval;
@@ -89,8 +93,11 @@ pub async fn run(
     let config_tls = certificate.is_some();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
-    if let Some((penalties, records)) = shared {
-        gateway = gateway.with_penalties(penalties).with_records(records);
+    if let Some((penalties, records, slots)) = shared {
+        gateway = gateway
+            .with_penalties(penalties)
+            .with_records(records)
+            .with_slots(slots);
     }
     let gateway = Arc::new(gateway);
     let swept = gateway.clone();
@@ -129,7 +136,13 @@ pub async fn run(
         metrics,
         reloader,
     ));
+    let slots = gateway.shared_slots.clone();
     server::serve(listener, gateway, shutdown, drain).await;
+    // Spawned releases would die with the runtime: give the slots back before exiting, so
+    // the other replicas need not wait for the leases to expire.
+    if let Some(slots) = slots {
+        slots.release_all().await;
+    }
     sweeper.abort();
     upkeep.abort();
     admin.abort();

@@ -92,9 +92,10 @@ pub enum Algorithm {
     SlidingWindow,
     /// GCRA: sustained rate plus burst.
     TokenBucket,
-    /// At most `limit` requests in flight. Held in process by `concurrency::InFlight`, never
-    /// by a store: `Policy::checks` leaves these limits out, and the counter functions below
-    /// treat them as always allowing.
+    /// At most `limit` requests in flight. Held by `concurrency::InFlight` (and, with the
+    /// Redis store, `store::redis::RedisSlots`), never by a counter store: `Policy::checks`
+    /// leaves these limits out, and the counter functions below treat them as always
+    /// allowing.
     Concurrency,
 }
 

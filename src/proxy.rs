@@ -23,6 +23,7 @@ use crate::identity::{Identity, Unidentified};
 use crate::limiter::clock::{Clock, Nanos};
 use crate::limiter::concurrency::{Held, InFlight};
 use crate::limiter::penalty::{MemoryPenalties, Penalties};
+use crate::limiter::store::redis::RedisSlots;
 use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
@@ -69,8 +70,11 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// The penalty box.
     pub penalties: Arc<dyn Penalties>,
-    /// Concurrency slots in flight.
+    /// Concurrency slots held by this process's requests in flight.
     pub in_flight: InFlight,
+    /// With the Redis store: the concurrency slots shared by every replica (`in_flight`
+    /// then counts this replica's share, and holds the slots while Redis fails).
+    pub shared_slots: Option<Arc<RedisSlots>>,
     /// Idempotency records of routes that take keys.
     pub idempotency: Idempotency,
     timers: Timers,
@@ -92,6 +96,7 @@ impl Gateway {
             idempotency: Idempotency::new(Arc::new(records)),
             penalties,
             in_flight: InFlight::new(),
+            shared_slots: None,
             timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
@@ -107,6 +112,13 @@ impl Gateway {
     /// The same gateway with another penalty box backend (the memory one is the default).
     pub fn with_penalties(mut self, penalties: Arc<dyn Penalties>) -> Self {
         self.penalties = penalties;
+        self
+    }
+
+    /// The same gateway holding concurrency slots in Redis, shared by every replica (the
+    /// default holds them in this process only).
+    pub fn with_slots(mut self, slots: Arc<RedisSlots>) -> Self {
+        self.shared_slots = Some(slots);
         self
     }
 

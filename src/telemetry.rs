@@ -53,6 +53,9 @@ pub const STORE_REPLICAS: &str = "sluice_store_replicas";
 pub const STORE_CACHED_REJECTIONS: &str = "sluice_store_cached_rejections_total";
 /// Requests decided from this replica's leases without a Redis call (`mode: sync`).
 pub const STORE_LEASED_DECISIONS: &str = "sluice_store_leased_decisions_total";
+/// Requests whose concurrency slots were held in this replica's memory only, because Redis
+/// failed (`on_error: allow` or `local`).
+pub const STORE_LOCAL_SLOTS: &str = "sluice_store_local_slots_total";
 /// Penalty-box violations counted in the local memory box because Redis failed.
 pub const PENALTY_LOCAL: &str = "sluice_penalty_local_total";
 /// Config reloads by result (`ok`, `error`).
@@ -343,6 +346,11 @@ pub fn store_leased_decision() {
     metrics::counter!(STORE_LEASED_DECISIONS).increment(1);
 }
 
+/// Counts a request whose concurrency slots were held locally because Redis failed.
+pub fn store_local_slots() {
+    metrics::counter!(STORE_LOCAL_SLOTS).increment(1);
+}
+
 /// Counts a penalty-box violation counted locally because Redis failed.
 pub fn penalty_local() {
     metrics::counter!(PENALTY_LOCAL).increment(1);
@@ -396,6 +404,7 @@ pub fn install_metrics() -> PrometheusHandle {
         STORE_LOCAL_DECISIONS,
         STORE_CACHED_REJECTIONS,
         STORE_LEASED_DECISIONS,
+        STORE_LOCAL_SLOTS,
         PENALTY_LOCAL,
     ] {
         metrics::counter!(counter).absolute(0);
@@ -500,6 +509,10 @@ fn describe() {
     describe_counter!(
         STORE_LEASED_DECISIONS,
         "Requests decided from this replica's leases without a Redis call (mode: sync)."
+    );
+    describe_counter!(
+        STORE_LOCAL_SLOTS,
+        "Requests whose concurrency slots were held in this replica's memory only because Redis failed."
     );
     describe_counter!(
         PENALTY_LOCAL,

@@ -1,10 +1,14 @@
 //! `concurrency` limits: at most N requests of one subject in flight at once.
 //!
-//! Slots live in this process only (an in-flight count is a property of open connections,
-//! not of a shared counter): a map of one `AtomicU32` per (limit, subject). A request holds a
-//! `Permit`; the response body keeps it until the body ends, the client goes away or the
-//! upstream fails, and dropping it gives the slots back. Nothing here can leak a slot that
-//! Rust's ownership does not also drop.
+//! This table counts the slots held in this process: a map of one `AtomicU32` per (limit,
+//! subject). A request holds a `Permit`; the response body keeps it until the body ends, the
+//! client goes away or the upstream fails, and dropping it gives the slots back. Nothing here
+//! can leak a slot that Rust's ownership does not also drop.
+//!
+//! With the Redis store the limit is enforced across replicas by
+//! `store::redis::RedisSlots`, which takes its slots here too, without a maximum: this
+//! table then counts the replica's own share of the slots (for the gauge, and as the
+//! fallback while Redis fails), and the permit also holds the Redis lease.
 
 use std::any::Any;
 use std::hash::BuildHasherDefault;
@@ -58,6 +62,7 @@ impl InFlight {
             slots: SmallVec::new(),
             gauge: self.gauge.clone(),
             shadow_full: false,
+            lease: None,
         };
         for (i, (key, max, shadow)) in wanted.into_iter().enumerate() {
             let slot = self.slot(key);
@@ -100,12 +105,31 @@ impl InFlight {
     }
 }
 
+/// Why a request got no concurrency slots.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The non-shadow limit at this index of those asked for is full.
+    Full(usize),
+    /// The shared slots are unreachable and `on_error: deny` refuses the request.
+    Unavailable,
+}
+
 /// Slots taken by one request; dropping it gives them back.
 pub struct Permit {
     slots: SmallVec<[Arc<AtomicU32>; 2]>,
     gauge: Gauge,
     /// A shadow concurrency limit was full: the request would have been rejected.
     pub shadow_full: bool,
+    /// Slots held elsewhere (a Redis lease), given back when it drops with the permit.
+    lease: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Permit {
+    /// The same permit also keeping `lease` (slots held outside this table) until it drops.
+    pub fn with_lease(mut self, lease: Box<dyn Any + Send + Sync>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
 }
 
 impl Drop for Permit {

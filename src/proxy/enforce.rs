@@ -7,14 +7,15 @@
 use std::net::IpAddr;
 
 use http::Response;
+use smallvec::SmallVec;
 
 use super::{nanos_to_secs, Gateway, Reply};
 use crate::body::Body;
 use crate::identity::Identity;
 use crate::limiter::clock::{Nanos, SECOND};
-use crate::limiter::concurrency::Permit;
+use crate::limiter::concurrency::{Permit, Refused};
 use crate::limiter::store::OnError;
-use crate::limiter::{Decision, Outcome};
+use crate::limiter::{Decision, Outcome, INLINE_LIMITS};
 use crate::policy::{Limit, Policy, Profile};
 use crate::response::Rejection;
 use crate::telemetry::{self, Verdict};
@@ -60,8 +61,8 @@ impl Gateway {
             }
         }
 
-        // Concurrency slots first: they are local, and dropping the permit gives them back
-        // if a counter rejects the request below.
+        // Concurrency slots first: dropping the permit gives them back if a counter rejects
+        // the request below.
         let mut concurrency = Policy::concurrency(limits).peekable();
         let permit = match concurrency.peek() {
             None => None,
@@ -70,13 +71,25 @@ impl Gateway {
                     let key = Policy::counter(limit, identity, client_ip);
                     (key, limit.quota.limit(), limit.shadow)
                 });
+                let acquired = match &self.shared_slots {
+                    None => self.in_flight.acquire(wanted).map_err(Refused::Full),
+                    Some(slots) => {
+                        let wanted: SmallVec<[_; INLINE_LIMITS]> = wanted.collect();
+                        slots.acquire(&self.in_flight, &wanted).await
+                    }
+                };
                 // Non-shadow entries only can fail; their index is relative to `first`.
-                match self.in_flight.acquire(wanted) {
+                match acquired {
                     Ok(permit) => Some(permit),
-                    Err(i) => {
+                    Err(Refused::Full(i)) => {
                         let full = &limits[first + i..=first + i];
                         let decision = busy(full[0].quota.limit(), now);
                         return self.limited(reply, profile, identity, decision, full).await;
+                    }
+                    Err(Refused::Unavailable) => {
+                        telemetry::store_fail_closed();
+                        let response = reply.reject(Rejection::Unavailable, None, &[]);
+                        return Enforced::Reject(response, Verdict::Unavailable);
                     }
                 }
             }

@@ -376,6 +376,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// `redis-cli -p PORT ARGS…`'s output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Kills it (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

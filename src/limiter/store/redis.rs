@@ -8,12 +8,15 @@
 //! request gets while Redis fails is `on_error`'s business: the proxy answers `allow` and
 //! `deny`; `local` is answered here from a memory store holding this replica's share.
 //! In `mode: sync` most requests are answered from leases instead (see `lease`).
+//! The penalty box (`penalty`) and concurrency slots (`slots`) live in the same Redis.
 //! See docs/redis.md.
 
 mod lease;
 mod penalty;
+mod slots;
 
 pub use penalty::RedisPenalties;
+pub use slots::{RedisSlots, LEASE_TTL};
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -149,6 +152,12 @@ impl RedisStore {
         RedisPenalties::start(self.shared.clone(), max_entries, clock)
     }
 
+    /// Concurrency slots in this store's Redis, shared by every replica, each held as a
+    /// lease of `LEASE_TTL`. Spawns the lease renewal.
+    pub fn slots(&self) -> RedisSlots {
+        RedisSlots::start(self.shared.clone(), LEASE_TTL)
+    }
+
     /// Whether the breaker is open (Redis is not being called).
     pub fn breaker_open(&self) -> bool {
         self.shared.breaker.is_open()
@@ -176,6 +185,10 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn check(&self, checks: &[Check], now: Nanos) -> Checking {
+        // A request whose only limits are concurrency limits has nothing to count here.
+        if checks.is_empty() {
+            return Checking::Ready(Ok(Outcomes::new()));
+        }
         let leases = self.shared.leases.as_ref().map(|(leases, _)| leases);
         if let Some(outcomes) = leases.and_then(|leases| leases.take(checks, now)) {
             telemetry::store_leased_decision();
@@ -202,6 +215,9 @@ impl Store for RedisStore {
     }
 
     fn peek(&self, checks: &[Check], now: Nanos) -> Checking {
+        if checks.is_empty() {
+            return Checking::Ready(Ok(Outcomes::new()));
+        }
         let shared = self.shared.clone();
         let checks: SmallVec<[Check; INLINE_LIMITS]> = checks.iter().copied().collect();
         Checking::Pending(Box::pin(async move {
