@@ -114,12 +114,13 @@ impl Sluice {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
+                // Kept before the start is announced, so the log a test reads has the line.
+                sink.lock().unwrap().push(line.clone());
                 if line.contains("sluice is running") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
+                        let _ = tx.send(line);
                     }
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let Ok(running) = rx.recv_timeout(Duration::from_secs(30)) else {
