@@ -1,31 +1,29 @@
-//! The embedded store: a sharded concurrent map from a subject to its counters.
+//! The embedded store: each subject's counters side by side in a sharded table (`table`).
 //!
-//! One entry holds every counter of one subject (a key, an org, an IP, or everyone) side by
-//! side, so a request's limits on one caller cost one lookup and one cache-cold region of
-//! the table, not one per limit: with a million callers tracked, that cold memory is most
-//! of a decision's time. The request path takes a shard read lock and updates each counter
-//! with a CAS loop; a subject's first use of a limit takes the shard's write lock once.
-//! Memory is bounded by `max_entries` counters. Counters whose state is as good as none
-//! (`idle_at` passed) are swept: dropping them loses nothing. When the cap is reached and
+//! A request's limits on one caller cost one lookup and one cache line of the table, not one
+//! per limit: with a million callers tracked, that cold memory is most of a decision's time.
+//! Counting takes a shard read lock and updates each counter with a CAS loop; a subject's
+//! first use of a limit takes the shard's write lock once. Memory is bounded by
+//! `max_entries` counters. Counters whose state is as good as none (`idle_at` passed) are
+//! swept, a cache line at a time: dropping them loses nothing. When the cap is reached and
 //! nothing can be dropped safely, new counters go to one overflow counter per limit instead,
 //! so a flood of random keys can neither exhaust memory nor evict an active abuser's count.
 
-use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+mod table;
 
-use dashmap::mapref::one::Ref;
-use dashmap::DashMap;
-use smallvec::SmallVec;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{Checking, Store};
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::{Check, CounterKey, Outcome, Outcomes};
 use crate::telemetry;
+use table::Table;
 
 /// Subject of the shared counter that new subjects use once the map is full.
 pub const OVERFLOW_SUBJECT: u64 = u64::MAX;
 
-/// Default cap on tracked counters (about 100 MB at the worst).
+/// Default cap on tracked counters (128 MB of table at the worst: one counter per subject,
+/// one 64-byte line each, the table at most half full).
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
 /// Counter keys and subjects are already keyed hashes: they are used as they are, so the
@@ -47,29 +45,13 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-/// One counter of a subject.
-struct Counter {
-    /// `CounterKey::limit`.
-    limit: u64,
-    state: AtomicU64,
-    idle_at: AtomicU64,
-}
-
-/// A subject's counters. Most subjects meet at most three limits (a route's, a plan's, an
-/// org's), kept inline in the table's own slot.
-type Counters = SmallVec<[Counter; 3]>;
-
-type Table = DashMap<u64, Counters, BuildHasherDefault<KeyHasher>>;
-
-/// A shard read lock on one subject's counters, kept while consecutive checks of a request
-/// count the same subject. At most one is held at a time: two read locks on one shard from
-/// one thread could deadlock behind a waiting writer.
-type Held<'a> = Option<(u64, Ref<'a, u64, Counters>)>;
+/// The read lock of the subject last counted (see `table::Table::reader`).
+type Held<'a> = Option<(u64, table::Reader<'a>)>;
 
 /// The embedded store.
 pub struct MemoryStore {
-    entries: Table,
-    /// Counters tracked (not subjects): what `max_entries` bounds.
+    table: Table,
+    /// Counters tracked: what `max_entries` bounds.
     len: AtomicUsize,
     max_entries: usize,
     last_full_sweep: AtomicU64,
@@ -79,26 +61,25 @@ impl MemoryStore {
     /// A store that tracks at most `max_entries` counters (plus one overflow counter per limit).
     pub fn new(max_entries: usize) -> Self {
         Self {
-            entries: DashMap::with_hasher(BuildHasherDefault::default()),
+            table: Table::new(),
             len: AtomicUsize::new(0),
             max_entries: max_entries.max(1),
             last_full_sweep: AtomicU64::new(0),
         }
     }
 
+    /// Counts `check`; `held` keeps the shard read lock of the last subject counted, so a
+    /// request's limits on one caller take it once.
     fn acquire<'a>(&'a self, held: &mut Held<'a>, check: &Check, now: Nanos) -> Outcome {
         let subject = check.key.subject;
         if held.as_ref().is_none_or(|(s, _)| *s != subject) {
             *held = None;
-            *held = self
-                .entries
-                .get(&subject)
-                .map(|counters| (subject, counters));
+            *held = Some((subject, self.table.reader(subject)));
         }
-        if let Some((_, counters)) = held {
-            if let Some(counter) = find(counters, check.key.limit) {
-                return update(counter, check, now);
-            }
+        if let Some(counter) = held.as_ref().and_then(|(_, r)| r.counter(check.key)) {
+            return update(counter.state, check, now, |idle_at| {
+                counter.keep_until(idle_at)
+            });
         }
         *held = None;
         let fresh = check.algorithm.acquire(0, now, &check.quota, check.cost);
@@ -107,20 +88,15 @@ impl MemoryStore {
             return fresh.outcome;
         }
         let key = self.admit(check.key, now);
-        let mut counters = self.entries.entry(key.subject).or_default();
-        let at = match counters.iter().position(|c| c.limit == key.limit) {
-            Some(at) => at,
-            None => {
-                self.len.fetch_add(1, Ordering::Relaxed);
-                counters.push(Counter {
-                    limit: key.limit,
-                    state: AtomicU64::new(0),
-                    idle_at: AtomicU64::new(0),
-                });
-                counters.len() - 1
-            }
-        };
-        update(&counters[at], check, now)
+        let (outcome, created) = self.table.with_new_counter(key, |state| {
+            let mut idle = None;
+            let outcome = update(state, check, now, |idle_at| idle = Some(idle_at));
+            (outcome, idle)
+        });
+        if created {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
     }
 
     /// The key a new counter is stored under: its own, or the overflow counter when full.
@@ -149,43 +125,35 @@ impl MemoryStore {
     }
 
     fn refund(&self, check: &Check, now: Nanos) {
-        let give_back = |counter: &Counter| {
-            let _ = counter
-                .state
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                    Some(check.algorithm.refund(state, now, &check.quota, check.cost))
-                });
+        let give_back = |state: &AtomicU64| {
+            let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                Some(check.algorithm.refund(state, now, &check.quota, check.cost))
+            });
+            ((), None)
         };
         // Counted on the subject's own counter, or else on the overflow one.
-        for subject in [check.key.subject, OVERFLOW_SUBJECT] {
-            if let Some(counters) = self.entries.get(&subject) {
-                if let Some(counter) = find(&counters, check.key.limit) {
-                    return give_back(counter);
-                }
-            }
+        if self.table.with_counter(check.key, give_back).is_none() {
+            let overflow = CounterKey {
+                limit: check.key.limit,
+                subject: OVERFLOW_SUBJECT,
+            };
+            self.table.with_counter(overflow, give_back);
         }
     }
 
     fn peek_one(&self, check: &Check, now: Nanos) -> Outcome {
         let state = self
-            .entries
-            .get(&check.key.subject)
-            .and_then(|counters| {
-                find(&counters, check.key.limit).map(|c| c.state.load(Ordering::Acquire))
-            })
+            .table
+            .with_counter(check.key, |state| (state.load(Ordering::Acquire), None))
             .unwrap_or(0);
         check.algorithm.peek(state, now, &check.quota, check.cost)
     }
 }
 
-fn find(counters: &Counters, limit: u64) -> Option<&Counter> {
-    counters.iter().find(|c| c.limit == limit)
-}
-
-/// CAS loop on one counter; the caller holds the shard lock, so a sweep cannot drop the
-/// counter between the state update and the `idle_at` update.
-fn update(counter: &Counter, check: &Check, now: Nanos) -> Outcome {
-    let mut state = counter.state.load(Ordering::Acquire);
+/// CAS loop on one counter; `stored` hears when a state it stored becomes as good as none.
+/// The caller holds the shard lock, so a sweep cannot drop the counter in between.
+fn update(counter: &AtomicU64, check: &Check, now: Nanos, stored: impl FnOnce(Nanos)) -> Outcome {
+    let mut state = counter.load(Ordering::Acquire);
     loop {
         let step = check
             .algorithm
@@ -193,12 +161,9 @@ fn update(counter: &Counter, check: &Check, now: Nanos) -> Outcome {
         let Some(next) = step.state else {
             return step.outcome;
         };
-        match counter
-            .state
-            .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match counter.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                counter.idle_at.fetch_max(step.idle_at, Ordering::AcqRel);
+                stored(step.idle_at);
                 return step.outcome;
             }
             Err(actual) => state = actual,
@@ -241,13 +206,7 @@ impl Store for MemoryStore {
     }
 
     fn sweep(&self, now: Nanos) {
-        let mut removed = 0;
-        self.entries.retain(|_, counters| {
-            let before = counters.len();
-            counters.retain(|c| c.idle_at.load(Ordering::Acquire) > now);
-            removed += before - counters.len();
-            !counters.is_empty()
-        });
+        let removed = self.table.sweep(now);
         self.len.fetch_sub(removed, Ordering::Relaxed);
     }
 
