@@ -8,8 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::StatusCode;
-use support::{eventually, Redis, RedisCluster, Sluice};
+use support::{
+    eventually, redis_config as config_with, start_replicas as start, Redis, RedisCluster, Sluice,
+};
 
+/// A config with a 50 ms store timeout. Tests that count exactly use `config_with` and a
+/// generous timeout instead: on a loaded CI machine a call can take more than 50 ms, and
+/// under `deny` that would be a 503, not a miscount.
 fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> String {
     config_with(
         upstream,
@@ -17,31 +22,6 @@ fn config(upstream: SocketAddr, redis: &Redis, on_error: &str, routes: &str) -> 
         &format!("timeout: 50ms, on_error: {on_error}"),
         routes,
     )
-}
-
-/// A config whose store line ends with `store` (e.g. `on_error: deny, mode: sync`).
-/// Tests that count exactly give Redis a generous timeout: on a loaded CI machine a call
-/// can take more than 50 ms, and under `deny` that would be a 503, not a miscount.
-fn config_with(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
-    format!(
-        "\
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-upstream: {{ url: \"http://{upstream}\" }}
-unknown_key: {{ plan: default }}
-store: {{ backend: redis, url: \"{url}\", {store} }}
-routes:
-{routes}",
-        url = redis.url()
-    )
-}
-
-fn start(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, text).unwrap();
-    let replicas = (0..n).map(|_| Sluice::start(&path, &[])).collect();
-    (dir, replicas)
 }
 
 /// `total` requests for `path` with `key`, over 64 connections spread across `replicas`;

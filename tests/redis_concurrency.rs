@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use support::{eventually, Redis, Sluice};
+use support::{eventually, redis_config as config, start_replicas as start, Redis, Sluice};
 use tokio::sync::{mpsc, watch};
 
 /// An upstream that holds every `/hold` request until the gate opens, and answers anything
@@ -65,28 +65,6 @@ async fn gated_upstream() -> (SocketAddr, Arc<Gate>) {
     })
     .await;
     (addr, gate)
-}
-
-fn config(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
-    format!(
-        "\
-listen: 127.0.0.1:0
-admin: {{ listen: 127.0.0.1:0 }}
-upstream: {{ url: \"http://{upstream}\" }}
-unknown_key: {{ plan: default }}
-store: {{ backend: redis, url: \"{url}\", {store} }}
-routes:
-{routes}",
-        url = redis.url()
-    )
-}
-
-fn start(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, text).unwrap();
-    let replicas = (0..n).map(|_| Sluice::start(&path, &[])).collect();
-    (dir, replicas)
 }
 
 /// What a request got: status, `Retry-After`, `X-RateLimit-Limit`.

@@ -330,6 +330,31 @@ impl Conn {
 }
 
 /// A fresh directory for one test's files.
+/// A config on `upstream` sharing `redis`, whose store line ends with `store` (for example
+/// `on_error: deny, mode: sync`), with `routes` as the routes list.
+pub fn redis_config(upstream: SocketAddr, redis: &Redis, store: &str, routes: &str) -> String {
+    format!(
+        "\
+listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstream: {{ url: \"http://{upstream}\" }}
+unknown_key: {{ plan: default }}
+store: {{ backend: redis, url: \"{url}\", {store} }}
+routes:
+{routes}",
+        url = redis.url()
+    )
+}
+
+/// `n` sluice processes on one config `text`; the folder holds it and must outlive them.
+pub fn start_replicas(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
+    let dir = dir();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, text).unwrap();
+    let replicas = (0..n).map(|_| Sluice::start(&path, &[])).collect();
+    (dir, replicas)
+}
+
 pub fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
