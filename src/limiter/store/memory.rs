@@ -17,7 +17,7 @@ use super::{Checking, Store};
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::{Check, CounterKey, Outcome, Outcomes};
 use crate::telemetry;
-use table::Table;
+use table::{Counter, Table};
 
 /// Subject of the shared counter that new subjects use once the map is full.
 pub const OVERFLOW_SUBJECT: u64 = u64::MAX;
@@ -77,9 +77,7 @@ impl MemoryStore {
             *held = Some((subject, self.table.reader(subject)));
         }
         if let Some(counter) = held.as_ref().and_then(|(_, r)| r.counter(check.key)) {
-            return update(counter.state, check, now, |idle_at| {
-                counter.keep_until(idle_at)
-            });
+            return update(&counter, check, now);
         }
         *held = None;
         let fresh = check.algorithm.acquire(0, now, &check.quota, check.cost);
@@ -88,11 +86,9 @@ impl MemoryStore {
             return fresh.outcome;
         }
         let key = self.admit(check.key, now);
-        let (outcome, created) = self.table.with_new_counter(key, |state| {
-            let mut idle = None;
-            let outcome = update(state, check, now, |idle_at| idle = Some(idle_at));
-            (outcome, idle)
-        });
+        let (outcome, created) = self
+            .table
+            .with_new_counter(key, |counter| update(counter, check, now));
         if created {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -125,11 +121,12 @@ impl MemoryStore {
     }
 
     fn refund(&self, check: &Check, now: Nanos) {
-        let give_back = |state: &AtomicU64| {
-            let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                Some(check.algorithm.refund(state, now, &check.quota, check.cost))
-            });
-            ((), None)
+        let give_back = |counter: &Counter<'_>| {
+            let _ = counter
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                    Some(check.algorithm.refund(state, now, &check.quota, check.cost))
+                });
         };
         // Counted on the subject's own counter, or else on the overflow one.
         if self.table.with_counter(check.key, give_back).is_none() {
@@ -144,16 +141,16 @@ impl MemoryStore {
     fn peek_one(&self, check: &Check, now: Nanos) -> Outcome {
         let state = self
             .table
-            .with_counter(check.key, |state| (state.load(Ordering::Acquire), None))
+            .with_counter(check.key, |counter| counter.state.load(Ordering::Acquire))
             .unwrap_or(0);
         check.algorithm.peek(state, now, &check.quota, check.cost)
     }
 }
 
-/// CAS loop on one counter; `stored` hears when a state it stored becomes as good as none.
-/// The caller holds the shard lock, so a sweep cannot drop the counter in between.
-fn update(counter: &AtomicU64, check: &Check, now: Nanos, stored: impl FnOnce(Nanos)) -> Outcome {
-    let mut state = counter.load(Ordering::Acquire);
+/// CAS loop on one counter. Its shard is locked, so a sweep cannot drop it between storing
+/// a state and recording when that state becomes as good as none.
+fn update(counter: &Counter<'_>, check: &Check, now: Nanos) -> Outcome {
+    let mut state = counter.state.load(Ordering::Acquire);
     loop {
         let step = check
             .algorithm
@@ -161,9 +158,12 @@ fn update(counter: &AtomicU64, check: &Check, now: Nanos, stored: impl FnOnce(Na
         let Some(next) = step.state else {
             return step.outcome;
         };
-        match counter.compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire) {
+        match counter
+            .state
+            .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {
-                stored(step.idle_at);
+                counter.keep_until(step.idle_at);
                 return step.outcome;
             }
             Err(actual) => state = actual,

@@ -84,14 +84,9 @@ impl Table {
         }
     }
 
-    /// Runs `f` on the state of `key`'s counter, if it exists. `f` answers its result and,
-    /// when it stored a state, the instant that state becomes as good as none.
-    pub fn with_counter<R>(
-        &self,
-        key: CounterKey,
-        f: impl FnOnce(&AtomicU64) -> (R, Option<Nanos>),
-    ) -> Option<R> {
-        self.reader(key.subject).with_counter(key, f)
+    /// Runs `f` on `key`'s counter, if it exists.
+    pub fn with_counter<R>(&self, key: CounterKey, f: impl FnOnce(&Counter<'_>) -> R) -> Option<R> {
+        self.reader(key.subject).counter(key).as_ref().map(f)
     }
 
     /// A read lock on the shard of `subject`, for several counters of one request. Drop it
@@ -101,20 +96,22 @@ impl Table {
         Reader(self.read(subject))
     }
 
-    /// As `with_counter`, creating the counter (state 0) when it does not exist; also answers
+    /// Runs `f` on `key`'s counter, created (state 0) when it does not exist; also answers
     /// whether it was created.
     pub fn with_new_counter<R>(
         &self,
         key: CounterKey,
-        f: impl FnOnce(&AtomicU64) -> (R, Option<Nanos>),
+        f: impl FnOnce(&Counter<'_>) -> R,
     ) -> (R, bool) {
         let mut shard = self.write(key.subject);
         let (spot, created) = shard.find_or_insert(key);
-        let (result, idle_at) = f(shard.state(&spot));
-        if let Some(idle_at) = idle_at {
-            shard.keep_until(&spot, idle_at);
-        }
-        (result, created)
+        let shard = &*shard;
+        let counter = Counter {
+            state: shard.state(&spot),
+            shard,
+            spot,
+        };
+        (f(&counter), created)
     }
 
     /// Drops the buckets idle at `now`; answers how many counters went with them.
@@ -159,23 +156,9 @@ impl Reader<'_> {
             spot,
         })
     }
-
-    /// `Table::with_counter`, for a subject of this shard.
-    pub fn with_counter<R>(
-        &self,
-        key: CounterKey,
-        f: impl FnOnce(&AtomicU64) -> (R, Option<Nanos>),
-    ) -> Option<R> {
-        let counter = self.counter(key)?;
-        let (result, idle_at) = f(counter.state);
-        if let Some(idle_at) = idle_at {
-            counter.keep_until(idle_at);
-        }
-        Some(result)
-    }
 }
 
-/// One counter, read-locked.
+/// One counter, its shard locked.
 pub struct Counter<'a> {
     /// Its state.
     pub state: &'a AtomicU64,
@@ -363,15 +346,15 @@ mod tests {
     }
 
     fn add(table: &Table, key: CounterKey, n: u64, idle_at: Nanos) -> bool {
-        let ((), created) = table.with_new_counter(key, |state| {
-            state.fetch_add(n, Ordering::Relaxed);
-            ((), Some(idle_at))
+        let ((), created) = table.with_new_counter(key, |counter| {
+            counter.state.fetch_add(n, Ordering::Relaxed);
+            counter.keep_until(idle_at);
         });
         created
     }
 
     fn get(table: &Table, key: CounterKey) -> Option<u64> {
-        table.with_counter(key, |state| (state.load(Ordering::Relaxed), None))
+        table.with_counter(key, |counter| counter.state.load(Ordering::Relaxed))
     }
 
     #[test]
