@@ -27,8 +27,6 @@ async fn counting_upstream() -> SocketAddr {
 }
 
 fn start(upstream: SocketAddr, limits: &str, extra: &str) -> (Sluice, tempfile::TempDir) {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
     let text = format!(
         "\
 listen: 127.0.0.1:0
@@ -41,7 +39,7 @@ routes:
   - {{ name: all, match: {{ path: /** }}, limit: 1000/min }}
 {extra}"
     );
-    std::fs::write(&path, text).unwrap();
+    let (dir, path) = support::config_file(&text);
     (Sluice::start(&path, &[]), dir)
 }
 

@@ -77,9 +77,7 @@ async fn answer(req: Request<Incoming>) -> Response<UpBody> {
 
 /// Starts sluice on `yaml`; the returned folder holds the config and must outlive it.
 fn start(yaml: &str) -> (Sluice, tempfile::TempDir) {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    let (dir, path) = support::config_file(yaml);
     (Sluice::start(&path, &[]), dir)
 }
 
@@ -406,9 +404,7 @@ async fn default_config_demo() {
 /// Limited to one CPU, sluice runs its single-threaded scheduler and serves the same.
 #[tokio::test]
 async fn one_cpu_runs_one_thread() {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(&path, default_config()).unwrap();
+    let (_dir, path) = support::config_file(&default_config());
     let sluice = Sluice::start_on_one_cpu(&path);
     assert!(
         sluice.log_text().contains("threads=1"),

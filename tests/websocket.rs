@@ -41,8 +41,6 @@ fn start(upstream: SocketAddr) -> (Sluice, tempfile::TempDir) {
 }
 
 fn start_with(upstream: SocketAddr, limit: &str) -> (Sluice, tempfile::TempDir) {
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
     let text = format!(
         "\
 listen: 127.0.0.1:0
@@ -53,7 +51,7 @@ routes:
   - {{ name: ws, match: {{ path: /ws }}, limit: {limit} }}
 "
     );
-    std::fs::write(&path, text).unwrap();
+    let (dir, path) = support::config_file(&text);
     (Sluice::start(&path, &[]), dir)
 }
 

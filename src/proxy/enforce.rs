@@ -86,11 +86,7 @@ impl Gateway {
                         let decision = busy(full[0].quota.limit(), now);
                         return self.limited(reply, profile, identity, decision, full).await;
                     }
-                    Err(Refused::Unavailable) => {
-                        telemetry::store_fail_closed();
-                        let response = reply.reject(Rejection::Unavailable, None, &[]);
-                        return Enforced::Reject(response, Verdict::Unavailable);
-                    }
+                    Err(Refused::Unavailable) => return fail_closed(reply),
                 }
             }
         };
@@ -102,9 +98,7 @@ impl Gateway {
                 // The breaker logs the outage once; each request only counts.
                 tracing::debug!(%error, "store failed");
                 if self.store.on_error() == OnError::Deny {
-                    telemetry::store_fail_closed();
-                    let response = reply.reject(Rejection::Unavailable, None, &[]);
-                    return Enforced::Reject(response, Verdict::Unavailable);
+                    return fail_closed(reply);
                 }
                 telemetry::store_fail_open();
                 let mut decision = Decision::allow_all();
@@ -175,6 +169,13 @@ impl Gateway {
         let response = reply.reject(Rejection::Limited, Some(&decision), limits);
         Enforced::Reject(response, Verdict::Limited)
     }
+}
+
+/// The store failed under `on_error: deny`: 503 in the `unavailable` envelope, counted.
+fn fail_closed(reply: &Reply<'_>) -> Enforced {
+    telemetry::store_fail_closed();
+    let response = reply.reject(Rejection::Unavailable, None, &[]);
+    Enforced::Reject(response, Verdict::Unavailable)
 }
 
 /// The decision for a full concurrency limit: nothing left, and no way to know when a slot

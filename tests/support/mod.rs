@@ -346,11 +346,18 @@ routes:
     )
 }
 
-/// `n` sluice processes on one config `text`; the folder holds it and must outlive them.
-pub fn start_replicas(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
+/// A temporary folder holding `text` as `sluice.yaml`, and that file's path; the folder
+/// must outlive whatever reads the file.
+pub fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = dir();
     let path = dir.path().join("sluice.yaml");
     std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// `n` sluice processes on one config `text`; the folder holds it and must outlive them.
+pub fn start_replicas(n: usize, text: &str) -> (tempfile::TempDir, Vec<Sluice>) {
+    let (dir, path) = config_file(text);
     let replicas = (0..n).map(|_| Sluice::start(&path, &[])).collect();
     (dir, replicas)
 }

@@ -176,9 +176,6 @@ impl RedisStore {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        if self.shared.breaker.is_open() {
-            return Err(StoreError::Unavailable("circuit breaker open".into()));
-        }
         self.shared.invoke(invocation).await
     }
 }
@@ -336,25 +333,32 @@ enum Mode {
 
 impl Shared {
     async fn call(&self, checks: &[Check], now: Nanos, mode: Mode) -> Result<Outcomes, StoreError> {
-        if self.breaker.is_open() {
-            return Err(StoreError::Unavailable("circuit breaker open".into()));
-        }
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(if self.caller_clock.load(Ordering::Relaxed) {
-            now.to_string()
-        } else {
-            String::new()
-        });
-        invocation.arg(match mode {
-            Mode::Check => "check",
-            Mode::Peek => "peek",
-        });
+        let mut invocation = self.limiter_call(
+            now,
+            match mode {
+                Mode::Check => "check",
+                Mode::Peek => "peek",
+            },
+        );
         let mut key = String::with_capacity(self.key_prefix.len() + 33);
         for check in checks {
             self.add_counter(&mut invocation, &mut key, check);
         }
         let reply: Vec<i64> = self.invoke(&invocation).await?;
         parse(&reply, checks.len())
+    }
+
+    /// A call of the limiter script in `mode` (`check`, `peek` or `lease`), its clock
+    /// argument set: the server's, or `now` for tests on the caller's clock.
+    fn limiter_call(&self, now: Nanos, mode: &str) -> ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(if self.caller_clock.load(Ordering::Relaxed) {
+            now.to_string()
+        } else {
+            String::new()
+        });
+        invocation.arg(mode);
+        invocation
     }
 
     /// Adds one counter's key and its 7 arguments to a script call.
@@ -381,11 +385,15 @@ impl Shared {
             .arg(u8::from(check.shadow));
     }
 
-    /// Runs a prepared script call within `timeout`, feeding the breaker.
+    /// Runs a prepared script call within `timeout`, feeding the breaker; while the breaker
+    /// is open, fails at once without calling Redis.
     async fn invoke<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
+        if self.breaker.is_open() {
+            return Err(StoreError::Unavailable("circuit breaker open".into()));
+        }
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let result =
@@ -409,16 +417,7 @@ impl Shared {
     /// One lease call for `renewals` (`mode: sync`): gives back and takes units, counter
     /// by counter. `sent` is the local time before the call.
     async fn renew(&self, renewals: &[lease::Renewal], sent: Nanos) -> Result<(), StoreError> {
-        if self.breaker.is_open() {
-            return Err(StoreError::Unavailable("circuit breaker open".into()));
-        }
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(if self.caller_clock.load(Ordering::Relaxed) {
-            sent.to_string()
-        } else {
-            String::new()
-        });
-        invocation.arg("lease");
+        let mut invocation = self.limiter_call(sent, "lease");
         let mut key = String::with_capacity(self.key_prefix.len() + 33);
         for renewal in renewals {
             self.add_counter(&mut invocation, &mut key, &renewal.check());

@@ -175,9 +175,8 @@ impl RedisSlots {
             inner.held.remove(&seq);
             inner.releasing.insert(seq, keys);
         }
-        if !inner.shared.breaker.is_open() {
-            inner.release_pending().await;
-        }
+        // While the breaker is open this fails at once, and the leases expire instead.
+        inner.release_pending().await;
     }
 }
 
@@ -285,9 +284,7 @@ impl Inner {
     /// Retries the releases that failed, then renews every lease held, while the breaker is
     /// closed.
     async fn round(&self) {
-        if self.shared.breaker.is_open() {
-            return;
-        }
+        // Fails at once while the breaker is open (`Shared::invoke`).
         if !self.release_pending().await {
             return;
         }
