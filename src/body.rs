@@ -23,8 +23,10 @@ pin_project_lite::pin_project! {
     pub enum Body {
         /// A body sluice built itself.
         Full { data: Option<Bytes> },
-        /// The upstream's body, streamed.
+        /// The upstream's body, streamed (hyper's client).
         Upstream { #[pin] inner: Incoming, held: Option<Held> },
+        /// The upstream's body, streamed (sluice's HTTP/1.1 client).
+        Direct { inner: crate::upstream::DirectBody, held: Option<Held> },
         /// A body streamed to the client and copied into an idempotency record.
         Recorded { inner: Box<Recording> },
     }
@@ -49,11 +51,18 @@ impl Body {
         Body::Upstream { inner, held: None }
     }
 
+    /// The upstream's body, from sluice's own client.
+    pub fn direct(inner: crate::upstream::DirectBody) -> Self {
+        Body::Direct { inner, held: None }
+    }
+
     /// Keeps `held` alive until the body ends (a body sluice built itself is complete
     /// already, so it lets go at once).
     pub fn hold(&mut self, held: Held) {
         match self {
-            Body::Upstream { held: slot, .. } => *slot = Some(held),
+            Body::Upstream { held: slot, .. } | Body::Direct { held: slot, .. } => {
+                *slot = Some(held)
+            }
             Body::Recorded { inner } => inner.hold(held),
             Body::Full { .. } => {}
         }
@@ -67,14 +76,17 @@ impl Body {
     }
 }
 
+/// Why a response body failed.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Upstream { inner, held } => {
@@ -82,7 +94,14 @@ impl http_body::Body for Body {
                 if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
                     *held = None;
                 }
-                frame
+                frame.map_err(BodyError::from)
+            }
+            BodyProj::Direct { inner, held } => {
+                let frame = Pin::new(inner).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    *held = None;
+                }
+                frame.map_err(BodyError::from)
             }
             BodyProj::Recorded { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }
@@ -92,6 +111,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full { data } => data.is_none(),
             Body::Upstream { inner, .. } => inner.is_end_stream(),
+            Body::Direct { inner, .. } => inner.is_end_stream(),
             Body::Recorded { inner } => inner.is_end_stream(),
         }
     }
@@ -102,6 +122,7 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Upstream { inner, .. } => inner.size_hint(),
+            Body::Direct { inner, .. } => inner.size_hint(),
             Body::Recorded { inner } => inner.size_hint(),
         }
     }

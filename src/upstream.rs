@@ -1,10 +1,14 @@
-//! Forwarding allowed requests: the pooled upstream client, header rewriting on the way
+//! Forwarding allowed requests: the pooled upstream clients, header rewriting on the way
 //! in and out, the response-header timeout, and the built-in demo upstream.
+//!
+//! Plain `http://` HTTP/1.1 upstreams are served by sluice's own client ([`h1`]), which
+//! does each exchange inside the request's task; TLS, HTTP/2 and upgrades use hyper's.
 //!
 //! Bodies are streamed both ways. Failures are classified for the caller (which answers
 //! 502 or 504 in the configured envelope); nothing here renders a reply.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -17,6 +21,11 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
+
+mod h1;
+
+/// A response body streamed by sluice's own HTTP/1.1 client.
+pub use h1::ResponseBody as DirectBody;
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -33,8 +42,8 @@ pub enum UpstreamError {
     Unavailable {
         /// Metric label: connect, reset.
         kind: &'static str,
-        /// The client error.
-        source: hyper_util::client::legacy::Error,
+        /// What failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No response headers within the timeout (or connect timed out).
     #[error("upstream timed out after {0:?}")]
@@ -55,11 +64,13 @@ impl UpstreamError {
     }
 }
 
-/// The upstream, with its connection pool.
+/// The upstream, with its connection pools.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     settings: UpstreamSettings,
     client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// For a plain `http://` HTTP/1.1 upstream: every request but upgrades.
+    direct: Option<Arc<h1::Client>>,
 }
 
 impl Upstream {
@@ -95,9 +106,22 @@ impl Upstream {
             .pool_max_idle_per_host(1024)
             .http2_only(settings.http2)
             .build(connector);
+        let direct = match &settings.target {
+            UpstreamTarget::Http(base)
+                if base.scheme() == Some(&http::uri::Scheme::HTTP) && !settings.http2 =>
+            {
+                Some(Arc::new(h1::Client::new(
+                    base,
+                    settings.connect_timeout,
+                    settings.idle_timeout,
+                )))
+            }
+            _ => None,
+        };
         Self {
             settings: settings.clone(),
             client,
+            direct,
         }
     }
 
@@ -113,6 +137,16 @@ impl Upstream {
             UpstreamTarget::Http(base) => base,
         };
         let upgrade = crate::tunnel::requested(&parts).cloned();
+        if let (Some(direct), None) = (&self.direct, &upgrade) {
+            prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
+            let response = direct
+                .send(&parts, body, self.settings.timeout)
+                .await
+                .map_err(|error| self.classify_direct(error))?;
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, Body::direct(body)));
+        }
         parts.uri = join(base, &parts.uri);
         parts.version = if self.settings.http2 {
             http::Version::HTTP_2
@@ -139,6 +173,32 @@ impl Upstream {
             keep_upgrade(&mut parts.headers, protocol);
         }
         Ok(Response::from_parts(parts, Body::upstream(body)))
+    }
+}
+
+impl Upstream {
+    fn classify_direct(&self, error: h1::Error) -> UpstreamError {
+        let kind = match error {
+            h1::Error::ConnectTimeout => {
+                return UpstreamError::Timeout(self.settings.connect_timeout)
+            }
+            h1::Error::Timeout(after) => return UpstreamError::Timeout(after),
+            h1::Error::Body(error) => match error.downcast::<TooLarge>() {
+                Ok(too_large) => return UpstreamError::BodyTooLarge(*too_large),
+                Err(error) => {
+                    return UpstreamError::Unavailable {
+                        kind: "reset",
+                        source: error,
+                    }
+                }
+            },
+            h1::Error::Connect(_) => "connect",
+            h1::Error::Closed(_) | h1::Error::Io(_) | h1::Error::Protocol(_) => "reset",
+        };
+        UpstreamError::Unavailable {
+            kind,
+            source: Box::new(error),
+        }
     }
 }
 
@@ -175,7 +235,7 @@ fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration)
     };
     UpstreamError::Unavailable {
         kind,
-        source: error,
+        source: Box::new(error),
     }
 }
 
@@ -243,6 +303,24 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of nine hashed lookups.
+    let hop_by_hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

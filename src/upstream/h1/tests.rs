@@ -1,0 +1,425 @@
+//! The client against a raw TCP upstream on loopback that answers canned bytes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// An upstream that answers each request with the next canned response (closing the
+/// connection after one that says `connection: close`, or as `CLOSE` and
+/// `SILENT_CLOSE_AFTER_OK` say) and keeps what it was sent.
+struct Upstream {
+    base: Uri,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+async fn upstream(responses: &[&'static str]) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let queue = Arc::new(Mutex::new(
+        responses.iter().copied().collect::<VecDeque<_>>(),
+    ));
+    let (count, seen) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let (queue, seen) = (queue.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap().front().copied();
+                    let Some(mut response) = next else { return };
+                    let head_only = response.starts_with(EARLY);
+                    let Some(request) = read_request(&mut socket, &mut pending, head_only).await
+                    else {
+                        return;
+                    };
+                    seen.lock().unwrap().push(request);
+                    queue.lock().unwrap().pop_front();
+                    response = response.trim_start_matches(EARLY);
+                    if response == HANG {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    let silent_close = response.ends_with('\0');
+                    let response = response.trim_end_matches('\0');
+                    if response.is_empty()
+                        || socket.write_all(response.as_bytes()).await.is_err()
+                        || silent_close
+                        || response.contains("connection: close")
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        base,
+        connections,
+        requests,
+    }
+}
+
+/// One request: its head and (unless `head_only`) a body framed by `content-length` or
+/// chunks.
+async fn read_request(
+    socket: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    head_only: bool,
+) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(pending).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            let total = match length {
+                _ if head_only => Some(end + 4),
+                Some(n) => (end + 4 + n <= pending.len()).then_some(end + 4 + n),
+                None if head.contains("transfer-encoding: chunked") => {
+                    text[end..].find("\r\n0\r\n\r\n").map(|i| end + i + 7)
+                }
+                None => Some(end + 4),
+            };
+            if let Some(total) = total {
+                let request = String::from_utf8_lossy(&pending[..total]).into_owned();
+                pending.drain(..total);
+                return Some(request);
+            }
+        }
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn client(up: &Upstream) -> Client {
+    Client::new(&up.base, Duration::from_secs(1), Duration::from_secs(60))
+}
+
+fn get(path: &str) -> Parts {
+    let mut parts = http::Request::get(path).body(()).unwrap().into_parts().0;
+    parts
+        .headers
+        .insert(header::HOST, HeaderValue::from_static("api.example"));
+    parts
+}
+
+async fn text(response: Response<ResponseBody>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+/// Answer as soon as the request's head is in, leaving its body unread.
+const EARLY: &str = "early:";
+/// Read the request, then never answer.
+const HANG: &str = "hang";
+/// Read the request, then close without answering.
+const CLOSE: &str = "";
+/// `OK`, then close without saying so.
+const SILENT_CLOSE_AFTER_OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\0";
+
+#[tokio::test]
+async fn a_finished_exchange_leaves_the_connection_for_the_next() {
+    let up = upstream(&[OK, OK, OK]).await;
+    let client = client(&up);
+    for _ in 0..3 {
+        let response = client
+            .send(&get("/a?b=1"), RequestBody::whole(Bytes::new()), SECOND)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "ok");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    let requests = up.requests.lock().unwrap();
+    assert_eq!(
+        requests[0],
+        "GET /a?b=1 HTTP/1.1\r\nhost: api.example\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn the_base_path_prefixes_and_a_missing_host_is_the_upstreams() {
+    let mut up = upstream(&[OK]).await;
+    up.base = format!("{}api/", up.base).parse().unwrap();
+    let mut parts = get("/v1/x");
+    parts.headers.remove(header::HOST);
+    let response = client(&up)
+        .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    text(response).await;
+    let authority = up.base.authority().unwrap().to_string();
+    assert_eq!(
+        up.requests.lock().unwrap()[0],
+        format!("GET /api/v1/x HTTP/1.1\r\nhost: {authority}\r\n\r\n")
+    );
+}
+
+#[tokio::test]
+async fn a_known_body_is_sent_with_its_length() {
+    let up = upstream(&[OK]).await;
+    let mut parts = get("/send");
+    parts.method = Method::POST;
+    parts
+        .headers
+        .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+    let body = RequestBody::whole(Bytes::from_static(b"{\"to\":1}"));
+    text(client(&up).send(&parts, body, SECOND).await.unwrap()).await;
+    assert_eq!(
+        up.requests.lock().unwrap()[0],
+        "POST /send HTTP/1.1\r\nhost: api.example\r\ncontent-length: 8\r\n\r\n{\"to\":1}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_post_announces_its_length() {
+    let up = upstream(&[OK]).await;
+    let mut parts = get("/send");
+    parts.method = Method::POST;
+    text(
+        client(&up)
+            .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(up.requests.lock().unwrap()[0].ends_with("content-length: 0\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn chunked_responses_are_decoded_and_the_connection_reused() {
+    let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nx-t: 1\r\n\r\n";
+    let up = upstream(&[chunked, OK]).await;
+    let client = client(&up);
+    let response = client
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    assert_eq!(text(response).await, "abcde");
+    let response = client
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "ok");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn connection_close_and_unframed_bodies_end_the_connection() {
+    let close = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nA";
+    let up = upstream(&[close]).await;
+    let client = client(&up);
+    text(
+        client
+            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(client.pool.take(Instant::now()).is_none());
+
+    // No length and no chunks: the body is what comes until the upstream closes.
+    let unframed = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nto the end";
+    let up = upstream(&[unframed]).await;
+    let response = super::Client::new(&up.base, Duration::from_secs(1), Duration::from_secs(60))
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "to the end");
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body_whatever_their_length_says() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
+    let not_modified = "HTTP/1.1 304 Not Modified\r\ncontent-length: 100\r\n\r\n";
+    let up = upstream(&[head, not_modified, OK]).await;
+    let client = client(&up);
+    let mut parts = get("/");
+    parts.method = Method::HEAD;
+    let response = client
+        .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-length"], "100");
+    assert!(response.body().is_end_stream());
+    let response = client
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(text(response).await, "");
+    let response = client
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "ok");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
+    let up = upstream(&[interim]).await;
+    let response = client(&up)
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(!response.headers().contains_key("link"));
+}
+
+/// An idle connection the upstream closed is noticed before it is used.
+#[tokio::test]
+async fn idle_connections_the_upstream_closed_are_not_used() {
+    let mut post = get("/");
+    post.method = Method::POST;
+    // The first answer is followed by a close that the response does not announce.
+    let up = upstream(&[SILENT_CLOSE_AFTER_OK, OK]).await;
+    let client = client(&up);
+    for _ in 0..2 {
+        // POST: not sent again after a failure, so only the check before use can save it.
+        let response = client
+            .send(&post, RequestBody::whole(Bytes::new()), SECOND)
+            .await
+            .unwrap();
+        assert_eq!(text(response).await, "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+/// A connection that closes as the request goes out: a GET is sent again on a new
+/// connection, a POST gets the error (the upstream might have acted on it).
+#[tokio::test]
+async fn a_request_lost_to_a_closing_connection_is_retried_only_when_safe() {
+    let up = upstream(&[OK, CLOSE, OK, CLOSE]).await;
+    let client = client(&up);
+    for _ in 0..2 {
+        let response = client
+            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+            .await
+            .unwrap();
+        assert_eq!(text(response).await, "ok");
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    let mut post = get("/");
+    post.method = Method::POST;
+    let result = client
+        .send(&post, RequestBody::whole(Bytes::new()), SECOND)
+        .await;
+    assert!(matches!(result, Err(Error::Closed(_))), "{result:?}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_early_answer_stops_the_upload() {
+    let up = upstream(&["early:HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n"]).await;
+    let mut parts = get("/upload");
+    parts.method = Method::POST;
+    // Far more than the socket buffers hold: the upstream reads only the head.
+    let body = RequestBody::whole(Bytes::from(vec![b'x'; 64 * 1024 * 1024]));
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client(&up).send(&parts, body, Duration::from_secs(30)),
+    )
+    .await
+    .expect("the answer arrives while the body is still being sent")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The rest of the body was never sent: the connection cannot be reused.
+    assert!(!response.body().reusable);
+}
+
+#[tokio::test]
+async fn no_answer_within_the_timeout_is_a_timeout() {
+    let up = upstream(&[HANG]).await;
+    let timeout = Duration::from_millis(200);
+    let result = client(&up)
+        .send(&get("/"), RequestBody::whole(Bytes::new()), timeout)
+        .await;
+    assert!(
+        matches!(result, Err(Error::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn broken_responses_are_protocol_errors() {
+    for (response, why) in [
+        ("HTTP/1.1 abc\r\n\r\n", "malformed response head"),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\n",
+            "conflicting content-length",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "invalid content-length",
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "101 to a request that asked for no upgrade",
+        ),
+    ] {
+        let up = upstream(&[response]).await;
+        match client(&up)
+            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+            .await
+        {
+            Err(Error::Protocol(got)) => assert_eq!(got, why, "{response}"),
+            other => panic!("{response}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_an_error() {
+    let up = upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nshort"])
+        .await;
+    let response = client(&up)
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await
+        .unwrap();
+    assert!(response.into_body().collect().await.is_err());
+}
+
+#[tokio::test]
+async fn refused_and_unreachable_upstreams() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(listener);
+    let client = Client::new(&base, Duration::from_secs(1), Duration::from_secs(60));
+    let result = client
+        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
+        .await;
+    assert!(matches!(result, Err(Error::Connect(_))), "{result:?}");
+}
+
+#[test]
+fn chunk_sizes_are_lowercase_hex() {
+    let mut out = [0u8; 18];
+    assert_eq!(chunk_size(1, &mut out), b"1\r\n");
+    assert_eq!(chunk_size(255, &mut out), b"ff\r\n");
+    assert_eq!(chunk_size(65536, &mut out), b"10000\r\n");
+}
