@@ -486,15 +486,37 @@ impl RequestIds {
                 return id.to_string();
             }
         }
-        let id = format!(
-            "{:016x}{:016x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
-        headers.insert(
-            X_REQUEST_ID,
-            HeaderValue::from_str(&id).expect("hex is a valid header value"),
-        );
+        let mut hex = [0u8; 32];
+        let counter = self.next.fetch_add(1, Ordering::Relaxed);
+        for (i, digit) in hex.iter_mut().enumerate() {
+            let word = if i < 16 { self.prefix } else { counter };
+            *digit = b"0123456789abcdef"[((word >> (4 * (15 - i % 16))) & 0xf) as usize];
+        }
+        let value = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
+        let id = String::from_utf8(hex.to_vec()).expect("hex is ASCII");
+        headers.insert(X_REQUEST_ID, value);
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_and_the_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            next: AtomicU64::new(0xff),
+        };
+        let mut headers = http::HeaderMap::new();
+        let id = ids.ensure(&mut headers);
+        assert_eq!(id, "0123456789abcdef00000000000000ff");
+        assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+        assert_eq!(ids.ensure(&mut headers), id, "a client's id is kept");
+        assert_eq!(
+            ids.ensure(&mut http::HeaderMap::new()),
+            "0123456789abcdef0000000000000100"
+        );
     }
 }
