@@ -152,19 +152,27 @@ impl Template {
 
 /// Appends `value` escaped as JSON string content (RFC 8259 §7).
 pub fn escape_json_into(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of characters that need no escape (nearly all of them) are copied whole.
+    let mut plain = 0;
+    for (at, c) in value.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..at]);
+        plain = at + c.len_utf8();
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(escaped);
         }
     }
+    out.push_str(&value[plain..]);
 }
 
 #[cfg(test)]
@@ -195,6 +203,27 @@ mod tests {
         );
         assert!(t.uses(Var::Route));
         assert!(!t.uses(Var::Plan));
+    }
+
+    #[test]
+    fn escaped_values_parse_back_as_json_strings() {
+        for value in [
+            "",
+            "plain",
+            "é\u{2028}x\u{2029}",
+            "\u{1}\t\r\n\"\\",
+            "a\u{1f}b\u{7f}",
+        ] {
+            let mut out = String::from("\"");
+            escape_json_into(value, &mut out);
+            out.push('"');
+            assert_eq!(
+                serde_json::from_str::<String>(&out).unwrap(),
+                value,
+                "{out}"
+            );
+            assert!(!out.contains('\u{2028}') && !out.contains('\u{2029}'));
+        }
     }
 
     #[test]
