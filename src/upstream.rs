@@ -256,8 +256,7 @@ fn join(base: &Uri, request: &Uri) -> Uri {
 fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHeader, base: &Uri) {
     let original_host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(headers);
-    let peer =
-        HeaderValue::from_str(&forwarded.peer.to_string()).expect("an IP is a valid header value");
+    let peer = ip_header_value(forwarded.peer);
     match (forwarded.peer_trusted, headers.get(&X_FORWARDED_FOR)) {
         (true, Some(existing)) => {
             let mut chain = existing.as_bytes().to_vec();
@@ -293,6 +292,35 @@ fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHe
             headers.insert(header::HOST, value.clone());
         }
     }
+}
+
+/// An address as a header value; IPv4 (nearly every peer) without going through
+/// `core::fmt`, which cost 3% of a proxied request.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).expect("an IP is a valid header value");
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for digit in &digits[skip..] {
+            text[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
 }
 
 /// `Connection: upgrade` and `Upgrade`: the hop-by-hop pair an upgrade must carry across.
@@ -378,6 +406,22 @@ mod tests {
             join(&root, &req).to_string(),
             "http://127.0.0.1:3000/v1/x?a=1"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.0.100",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip), ip.to_string().as_str());
+        }
     }
 
     #[test]

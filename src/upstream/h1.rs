@@ -43,8 +43,8 @@ use chunked::{Chunked, Decoded};
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
-/// Most response headers parsed.
-const MAX_HEADERS: usize = 128;
+/// Most response headers parsed (as hyper's client).
+const MAX_HEADERS: usize = 100;
 /// Space made in the read buffer before a read of the response head.
 const HEAD_READ: usize = 8 * 1024;
 /// Space made in the read buffer before a read of a response body.
@@ -461,6 +461,12 @@ impl Conn {
                         },
                     }
                 }
+                // An upstream that answered early and closed resets the connection; its
+                // answer is still in the receive queue, ahead of the reset.
+                Err(e) if watch && matches!(read(&self.stream, &mut self.buf), Ok(1..)) => {
+                    tracing::debug!(error = %e, "upstream answered before the request body ended");
+                    return Ok(false);
+                }
                 Err(e) => return Err(Error::Closed(e)),
             }
         }
@@ -506,9 +512,15 @@ impl Conn {
     }
 
     fn parse_one(&mut self, method: &Method) -> Result<Option<Head>, Error> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let length = match response.parse(&self.buf) {
+        // Left uninitialised: zeroing 100 slots costs more than parsing a typical head.
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &self.buf,
+            &mut slots,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
