@@ -259,19 +259,25 @@ struct Pool {
 const MAX_IDLE: usize = 1024;
 
 impl Pool {
-    /// The most recently used idle connection still open, if any.
+    /// The most recently used idle connection still open, if any. Connections found closed
+    /// or expired are closed after the lock is let go.
     fn take(&self, now: Instant) -> Option<Conn> {
+        let mut closed = Vec::new();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop_back() {
             if now.duration_since(since) >= self.idle_timeout {
                 // Everything older went idle even earlier.
-                idle.clear();
-                return None;
+                closed.push((conn, since));
+                closed.extend(idle.drain(..));
+                break;
             }
             if conn.still_open() {
                 return Some(conn);
             }
+            closed.push((conn, since));
         }
+        drop(idle);
+        drop(closed);
         None
     }
 

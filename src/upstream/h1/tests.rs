@@ -120,6 +120,13 @@ fn get(path: &str) -> Parts {
     parts
 }
 
+/// Sends `parts` with no body, one second to answer.
+async fn send(client: &Client, parts: &Parts) -> Result<Response<ResponseBody>, Error> {
+    client
+        .send(parts, RequestBody::whole(Bytes::new()), SECOND)
+        .await
+}
+
 async fn text(response: Response<ResponseBody>) -> String {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
@@ -141,10 +148,7 @@ async fn a_finished_exchange_leaves_the_connection_for_the_next() {
     let up = upstream(&[OK, OK, OK]).await;
     let client = client(&up);
     for _ in 0..3 {
-        let response = client
-            .send(&get("/a?b=1"), RequestBody::whole(Bytes::new()), SECOND)
-            .await
-            .unwrap();
+        let response = send(&client, &get("/a?b=1")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(text(response).await, "ok");
     }
@@ -162,10 +166,7 @@ async fn the_base_path_prefixes_and_a_missing_host_is_the_upstreams() {
     up.base = format!("{}api/", up.base).parse().unwrap();
     let mut parts = get("/v1/x");
     parts.headers.remove(header::HOST);
-    let response = client(&up)
-        .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client(&up), &parts).await.unwrap();
     text(response).await;
     let authority = up.base.authority().unwrap().to_string();
     assert_eq!(
@@ -195,13 +196,7 @@ async fn an_empty_post_announces_its_length() {
     let up = upstream(&[OK]).await;
     let mut parts = get("/send");
     parts.method = Method::POST;
-    text(
-        client(&up)
-            .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
-            .await
-            .unwrap(),
-    )
-    .await;
+    text(send(&client(&up), &parts).await.unwrap()).await;
     assert!(up.requests.lock().unwrap()[0].ends_with("content-length: 0\r\n\r\n"));
 }
 
@@ -210,16 +205,10 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nx-t: 1\r\n\r\n";
     let up = upstream(&[chunked, OK]).await;
     let client = client(&up);
-    let response = client
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client, &get("/")).await.unwrap();
     assert_eq!(response.headers()["transfer-encoding"], "chunked");
     assert_eq!(text(response).await, "abcde");
-    let response = client
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client, &get("/")).await.unwrap();
     assert_eq!(text(response).await, "ok");
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
@@ -228,23 +217,14 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
 async fn connection_close_and_unframed_bodies_end_the_connection() {
     let close = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nA";
     let up = upstream(&[close]).await;
-    let client = client(&up);
-    text(
-        client
-            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(client.pool.take(Instant::now()).is_none());
+    let closing = client(&up);
+    text(send(&closing, &get("/")).await.unwrap()).await;
+    assert!(closing.pool.take(Instant::now()).is_none());
 
     // No length and no chunks: the body is what comes until the upstream closes.
     let unframed = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nto the end";
     let up = upstream(&[unframed]).await;
-    let response = super::Client::new(&up.base, Duration::from_secs(1), Duration::from_secs(60))
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client(&up), &get("/")).await.unwrap();
     assert_eq!(text(response).await, "to the end");
 }
 
@@ -256,22 +236,13 @@ async fn head_204_and_304_have_no_body_whatever_their_length_says() {
     let client = client(&up);
     let mut parts = get("/");
     parts.method = Method::HEAD;
-    let response = client
-        .send(&parts, RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client, &parts).await.unwrap();
     assert_eq!(response.headers()["content-length"], "100");
     assert!(response.body().is_end_stream());
-    let response = client
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client, &get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(text(response).await, "");
-    let response = client
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client, &get("/")).await.unwrap();
     assert_eq!(text(response).await, "ok");
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
@@ -280,10 +251,7 @@ async fn head_204_and_304_have_no_body_whatever_their_length_says() {
 async fn interim_responses_are_skipped() {
     let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n";
     let up = upstream(&[interim]).await;
-    let response = client(&up)
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client(&up), &get("/")).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(!response.headers().contains_key("link"));
 }
@@ -298,10 +266,7 @@ async fn idle_connections_the_upstream_closed_are_not_used() {
     let client = client(&up);
     for _ in 0..2 {
         // POST: not sent again after a failure, so only the check before use can save it.
-        let response = client
-            .send(&post, RequestBody::whole(Bytes::new()), SECOND)
-            .await
-            .unwrap();
+        let response = send(&client, &post).await.unwrap();
         assert_eq!(text(response).await, "ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -315,18 +280,13 @@ async fn a_request_lost_to_a_closing_connection_is_retried_only_when_safe() {
     let up = upstream(&[OK, CLOSE, OK, CLOSE]).await;
     let client = client(&up);
     for _ in 0..2 {
-        let response = client
-            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-            .await
-            .unwrap();
+        let response = send(&client, &get("/")).await.unwrap();
         assert_eq!(text(response).await, "ok");
     }
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
     let mut post = get("/");
     post.method = Method::POST;
-    let result = client
-        .send(&post, RequestBody::whole(Bytes::new()), SECOND)
-        .await;
+    let result = send(&client, &post).await;
     assert!(matches!(result, Err(Error::Closed(_))), "{result:?}");
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
@@ -381,10 +341,7 @@ async fn broken_responses_are_protocol_errors() {
         ),
     ] {
         let up = upstream(&[response]).await;
-        match client(&up)
-            .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-            .await
-        {
+        match send(&client(&up), &get("/")).await {
             Err(Error::Protocol(got)) => assert_eq!(got, why, "{response}"),
             other => panic!("{response}: {other:?}"),
         }
@@ -395,10 +352,7 @@ async fn broken_responses_are_protocol_errors() {
 async fn a_body_cut_short_is_an_error() {
     let up = upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nshort"])
         .await;
-    let response = client(&up)
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await
-        .unwrap();
+    let response = send(&client(&up), &get("/")).await.unwrap();
     assert!(response.into_body().collect().await.is_err());
 }
 
@@ -410,9 +364,7 @@ async fn refused_and_unreachable_upstreams() {
         .unwrap();
     drop(listener);
     let client = Client::new(&base, Duration::from_secs(1), Duration::from_secs(60));
-    let result = client
-        .send(&get("/"), RequestBody::whole(Bytes::new()), SECOND)
-        .await;
+    let result = send(&client, &get("/")).await;
     assert!(matches!(result, Err(Error::Connect(_))), "{result:?}");
 }
 
