@@ -428,3 +428,49 @@ async fn demo_goes_from_200_to_429(sluice: &Sluice) {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
 }
+
+/// An upstream that closes idle keep-alive connections quickly (as Node's 5 s default
+/// does, here 100 ms): sluice notices before reusing one, so even a POST, which it never
+/// sends twice, gets through every time on a fresh connection.
+#[tokio::test]
+async fn upstream_closing_idle_connections_costs_no_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(100))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(|req| async move {
+                            Ok::<_, Infallible>(answer(req).await)
+                        }),
+                    ),
+            );
+        }
+    });
+    let (sluice, _dir) = start(&config(
+        addr,
+        "keys: [{ key: k1 }]\nroutes: [{ name: main, limit: 100/d }]\n",
+    ));
+    let mut client = Conn::open(sluice.listen).await;
+    for i in 0..4 {
+        let reply = client
+            .send("POST", "/", &[("x-api-key", "k1")])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "one upstream connection per request"
+    );
+}
