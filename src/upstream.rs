@@ -136,6 +136,14 @@ impl Upstream {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
             UpstreamTarget::Http(base) => base,
         };
+        // An HTTP/2 client names the host in the request's authority, not in `Host`.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+        }
         let upgrade = crate::tunnel::requested(&parts).cloned();
         if let (Some(direct), None) = (&self.direct, &upgrade) {
             prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);

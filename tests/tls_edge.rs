@@ -83,6 +83,33 @@ async fn a_plain_listener_speaks_h2c_with_prior_knowledge() {
     assert_eq!(status, 200);
 }
 
+/// An HTTP/2 client names the host in the request's authority: the upstream gets it as
+/// `Host` and `X-Forwarded-Host`, as from an HTTP/1.1 client.
+#[tokio::test]
+async fn an_http2_clients_authority_reaches_the_upstream_as_host() {
+    let upstream = support::serve(|request: http::Request<hyper::body::Incoming>| async move {
+        let mut seen = String::new();
+        for name in ["host", "x-forwarded-host"] {
+            let value = request.headers().get(name).map(|v| v.to_str().unwrap());
+            seen.push_str(&format!("{name}={} ", value.unwrap_or("-")));
+        }
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(seen)))
+    })
+    .await;
+    let dir = support::dir();
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &path,
+        config(&format!("{{ url: \"http://{upstream}\" }}"), ""),
+    )
+    .unwrap();
+    let sluice = Sluice::start(&path, &[]);
+    let tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    let (status, body) = pki::get(tcp, true, "/v1/x", "k1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "host=localhost x-forwarded-host=localhost ");
+}
+
 #[tokio::test]
 async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     let upstream = support::upstream().await;
