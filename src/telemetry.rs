@@ -23,6 +23,10 @@ pub const UPSTREAM_DURATION: &str = "sluice_upstream_duration_seconds";
 pub const LIMITER_DURATION: &str = "sluice_limiter_duration_seconds";
 /// Upstream failures by kind (connect, timeout, reset).
 pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
+/// Connections sluice's HTTP/1.1 client opened to the upstream.
+pub const UPSTREAM_CONNECTIONS: &str = "sluice_upstream_connections_opened_total";
+/// Requests sent again on a new connection after their pooled one closed under them.
+pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
 /// Counters tracked by the store.
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
@@ -257,6 +261,16 @@ pub fn upstream_error(kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
 }
 
+/// A new connection to an `http://` upstream.
+pub fn upstream_connected() {
+    metrics::counter!(UPSTREAM_CONNECTIONS).increment(1);
+}
+
+/// A request resent after its pooled connection closed.
+pub fn upstream_retried() {
+    metrics::counter!(UPSTREAM_RETRIES).increment(1);
+}
+
 /// Counts a block started by the penalty box.
 pub fn penalty_started() {
     metrics::counter!(PENALTIES).increment(1);
@@ -387,6 +401,8 @@ pub fn install_metrics() -> PrometheusHandle {
     for kind in ["connect", "reset", "timeout"] {
         metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
     }
+    metrics::counter!(UPSTREAM_CONNECTIONS).absolute(0);
+    metrics::counter!(UPSTREAM_RETRIES).absolute(0);
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(TUNNELS_OPEN).set(0.0);
@@ -443,6 +459,14 @@ fn describe() {
         "Time for one limiter decision."
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures by kind.");
+    describe_counter!(
+        UPSTREAM_CONNECTIONS,
+        "Connections opened to an http:// upstream (low when keep-alive reuse works)."
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Requests resent on a new connection after their pooled one closed as they were sent."
+    );
     describe_gauge!(STORE_ENTRIES, "Counters tracked by the store.");
     describe_counter!(
         STORE_OVERFLOW,

@@ -473,4 +473,52 @@ async fn upstream_closing_idle_connections_costs_no_request() {
         4,
         "one upstream connection per request"
     );
+    let opened = sluice
+        .metric("sluice_upstream_connections_opened_total")
+        .await;
+    assert_eq!(opened, Some(4.0));
+}
+
+/// A pooled connection that the upstream closes as the next request arrives (the race a
+/// close check cannot see): a GET is sent again on a new connection, and counted.
+#[tokio::test]
+async fn a_get_lost_to_a_closing_connection_is_sent_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                // Answers the first request of each connection, closes on the second.
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                    seen.extend_from_slice(&chunk[..n]);
+                    let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    if heads == 1 && seen.ends_with(b"\r\n\r\n") {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        socket.write_all(ok).await.unwrap();
+                    } else if heads > 1 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (sluice, _dir) = start(&config(
+        addr,
+        "keys: [{ key: k1 }]\nroutes: [{ name: main, limit: 100/d }]\n",
+    ));
+    let mut client = Conn::open(sluice.listen).await;
+    for _ in 0..2 {
+        let reply = client.get("/", "k1").await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+    }
+    let retries = sluice.metric("sluice_upstream_retries_total").await;
+    assert_eq!(retries, Some(1.0));
+    let opened = sluice
+        .metric("sluice_upstream_connections_opened_total")
+        .await;
+    assert_eq!(opened, Some(2.0));
 }

@@ -140,7 +140,7 @@ impl Client {
             let exchange = conn.exchange(&head, body.take(), &parts.method, deadline);
             match exchange.await {
                 Err(Error::Timeout(_)) => return Err(Error::Timeout(timeout)),
-                Err(Error::Closed(_)) if reused && retry => continue,
+                Err(Error::Closed(_)) if reused && retry => crate::telemetry::upstream_retried(),
                 Err(error) => return Err(error),
                 Ok((response, conn)) => return Ok(self.respond(response, conn)),
             }
@@ -216,6 +216,7 @@ impl Client {
             .await
             .map_err(|_| Error::ConnectTimeout)?
             .map_err(Error::Connect)?;
+        crate::telemetry::upstream_connected();
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
