@@ -576,7 +576,13 @@ impl Conn {
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            if chunked && !headers.contains_key(header::CONTENT_LENGTH) {
+            // Transfer-Encoding overrides a Content-Length sent with it, which must not
+            // reach the client; a message with both is suspect, so its connection is not
+            // reused (RFC 9112 §6.3).
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                reusable = false;
+            }
+            if chunked {
                 Framing::Chunked(Chunked::default())
             } else {
                 reusable = false;

@@ -213,6 +213,19 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// Chunks win over a `Content-Length` sent with them, which is dropped, and the connection
+/// is not trusted again.
+#[tokio::test]
+async fn chunks_override_a_content_length_sent_with_them() {
+    let both = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let up = upstream(&[both]).await;
+    let client = client(&up);
+    let response = send(&client, &get("/")).await.unwrap();
+    assert!(!response.headers().contains_key("content-length"));
+    assert_eq!(text(response).await, "ok");
+    assert!(client.pool.take(Instant::now()).is_none());
+}
+
 #[tokio::test]
 async fn connection_close_and_unframed_bodies_end_the_connection() {
     let close = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nA";
