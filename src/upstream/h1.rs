@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -107,6 +108,7 @@ impl Client {
             pool: Arc::new(Pool {
                 idle: Mutex::new(VecDeque::new()),
                 idle_timeout,
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -254,6 +256,8 @@ fn sends_body(method: &Method) -> bool {
 struct Pool {
     idle: Mutex<VecDeque<(Conn, Instant)>>,
     idle_timeout: Duration,
+    /// Whether the background sweep runs (started by the first connection put back).
+    sweeping: AtomicBool,
 }
 
 /// Most idle connections kept.
@@ -282,23 +286,55 @@ impl Pool {
         None
     }
 
-    fn put(&self, mut conn: Conn) {
+    fn put(self: &Arc<Self>, mut conn: Conn) {
         if conn.buf.capacity() > KEPT_BUFFER {
             conn.buf = BytesMut::new();
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while idle
-            .front()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
         if idle.len() < MAX_IDLE {
             idle.push_back((conn, now));
         }
+        drop(idle);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            self.start_sweeping();
+        }
+    }
+
+    /// Closes, now and then, the idle connections that expired or that the upstream
+    /// closed, so that a pool nobody uses holds no dead sockets. Stops with the pool.
+    fn start_sweeping(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 4).clamp(Duration::from_millis(10), SWEEP_EVERY);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep(Instant::now());
+            }
+        });
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let (kept, closed): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut *idle)
+            .into_iter()
+            .partition(|(conn, since)| {
+                now.duration_since(*since) < self.idle_timeout && conn.still_open()
+            });
+        *idle = kept;
+        drop(idle);
+        drop(closed);
     }
 }
+
+/// Longest time between two sweeps of the idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// One upstream connection.
 #[derive(Debug)]

@@ -286,6 +286,24 @@ async fn idle_connections_the_upstream_closed_are_not_used() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
 
+/// Idle connections that expire or that the upstream closes are closed in the background,
+/// with no request needed to notice.
+#[tokio::test]
+async fn idle_connections_are_swept_without_traffic() {
+    let up = upstream(&[SILENT_CLOSE_AFTER_OK, OK]).await;
+    let client = Client::new(&up.base, SECOND, Duration::from_millis(400));
+    text(send(&client, &get("/")).await.unwrap()).await;
+    // Closed by the upstream: gone at the next sweep (every 100 ms here).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(client.pool.idle.lock().unwrap().is_empty());
+
+    text(send(&client, &get("/")).await.unwrap()).await;
+    assert_eq!(client.pool.idle.lock().unwrap().len(), 1);
+    // Expired after 400 ms idle.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(client.pool.idle.lock().unwrap().is_empty());
+}
+
 /// A connection that closes as the request goes out: a GET is sent again on a new
 /// connection, a POST gets the error (the upstream might have acted on it).
 #[tokio::test]
