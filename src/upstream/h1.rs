@@ -618,12 +618,12 @@ impl Conn {
             if headers.remove(header::CONTENT_LENGTH).is_some() {
                 reusable = false;
             }
-            if chunked {
-                Framing::Chunked(Chunked::default())
-            } else {
-                reusable = false;
-                Framing::Close
+            if !chunked {
+                // Its body would reach the client still coded, with nothing saying so
+                // (nginx answers 502 too).
+                return Err(Error::Protocol("transfer-encoding other than chunked"));
             }
+            Framing::Chunked(Chunked::default())
         } else if let Some(length) = content_length(&headers)? {
             Framing::Length(length)
         } else {

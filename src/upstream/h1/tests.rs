@@ -370,6 +370,10 @@ async fn broken_responses_are_protocol_errors() {
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "101 to a request that asked for no upgrade",
         ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "transfer-encoding other than chunked",
+        ),
     ] {
         let up = upstream(&[response]).await;
         match send(&client(&up), &get("/")).await {
