@@ -12,8 +12,9 @@
 //! TLS upstreams, HTTP/2 upstreams and upgrades (WebSocket) still go through hyper's client.
 //!
 //! Framing (RFC 9112 §6): the request carries `Content-Length` when its size is known and is
-//! chunked otherwise; the response is read by `Transfer-Encoding: chunked`, `Content-Length`,
-//! or to the end of the connection, and a response to HEAD, a 204 or a 304 has no body.
+//! chunked otherwise; the response is read by `Transfer-Encoding: chunked` (any other coding
+//! is refused), `Content-Length`, or to the end of the connection, and a response to HEAD, a
+//! 204 or a 304 has no body.
 //! A connection is reused only after a complete exchange with neither side asking to close.
 //! An upstream that answers before it has read the whole request body gets no more of it,
 //! and that connection is closed afterwards.
