@@ -136,17 +136,9 @@ impl Upstream {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
             UpstreamTarget::Http(base) => base,
         };
-        // An HTTP/2 client names the host in the request's authority, not in `Host`.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-        }
         let upgrade = crate::tunnel::requested(&parts).cloned();
+        prepare_request(&mut parts, forwarded, &self.settings.host, base);
         if let (Some(direct), None) = (&self.direct, &upgrade) {
-            prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
             let response = direct
                 .send(&parts, body, self.settings.timeout)
                 .await
@@ -161,7 +153,6 @@ impl Upstream {
         } else {
             http::Version::HTTP_11
         };
-        prepare_request(&mut parts.headers, forwarded, &self.settings.host, base);
         if let Some(protocol) = upgrade {
             keep_upgrade(&mut parts.headers, protocol);
         }
@@ -261,7 +252,16 @@ fn join(base: &Uri, request: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
-fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded, host: &HostHeader, base: &Uri) {
+fn prepare_request(parts: &mut Parts, forwarded: &Forwarded, host: &HostHeader, base: &Uri) {
+    let headers = &mut parts.headers;
+    // An HTTP/2 client names the host in the request's authority, not in `Host`.
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, value);
+            }
+        }
+    }
     let original_host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(headers);
     let peer = ip_header_value(forwarded.peer);
@@ -448,6 +448,12 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    fn request_with(headers: HeaderMap) -> Parts {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.headers = headers;
+        parts
+    }
+
     #[test]
     fn forwarded_headers_from_untrusted_and_trusted_peers() {
         let base: Uri = "http://10.0.0.1:3000".parse().unwrap();
@@ -459,7 +465,9 @@ mod tests {
             peer_trusted: false,
             proto: "http",
         };
-        prepare_request(&mut h, &untrusted, &HostHeader::Preserve, &base);
+        let mut parts = request_with(h);
+        prepare_request(&mut parts, &untrusted, &HostHeader::Preserve, &base);
+        let h = parts.headers;
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
@@ -472,7 +480,9 @@ mod tests {
             peer_trusted: true,
             proto: "http",
         };
-        prepare_request(&mut h, &trusted, &HostHeader::Upstream, &base);
+        let mut parts = request_with(h);
+        prepare_request(&mut parts, &trusted, &HostHeader::Upstream, &base);
+        let h = parts.headers;
         assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.1.1.1");
         assert_eq!(h[header::HOST], "10.0.0.1:3000");
     }

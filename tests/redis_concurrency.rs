@@ -180,18 +180,28 @@ async fn three_replicas_let_exactly_n_requests_in_flight_between_them() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_while_holding_slots_gives_them_back_after_the_lease_time() {
+/// Two replicas sharing one Redis (`extra` lines first in their config) under a concurrency
+/// limit of 2, with two requests of key `k` held through the first.
+async fn two_slots_held_through_the_first(
+    extra: &str,
+) -> (Arc<Gate>, Redis, tempfile::TempDir, Vec<Sluice>) {
     let (upstream, gate) = gated_upstream().await;
     let redis = Redis::start();
     let routes = "  - { name: hold, match: { path: /** }, limit: { concurrency: 2 } }\n";
     let store = "timeout: 2s, on_error: deny";
-    let (_dir, mut replicas) = start(2, &config(upstream, &redis, store, routes));
+    let text = format!("{extra}{}", config(upstream, &redis, store, routes));
+    let (dir, replicas) = start(2, &text);
     let (tx, _rx) = mpsc::unbounded_channel();
     for _ in 0..2 {
         send(replicas[0].listen, "/hold", "k", &tx);
     }
     eventually("two requests held through A", async || gate.active() == 2).await;
+    (gate, redis, dir, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_holding_slots_gives_them_back_after_the_lease_time() {
+    let (gate, redis, _dir, mut replicas) = two_slots_held_through_the_first("").await;
     let mut on_b = replicas[1].connect().await;
     assert_eq!(
         on_b.get("/quick", "k").await.unwrap().status,
@@ -226,20 +236,8 @@ async fn a_replica_killed_while_holding_slots_gives_them_back_after_the_lease_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_shut_down_gives_its_slots_back_before_it_exits() {
-    let (upstream, gate) = gated_upstream().await;
-    let redis = Redis::start();
-    let routes = "  - { name: hold, match: { path: /** }, limit: { concurrency: 2 } }\n";
-    let store = "timeout: 2s, on_error: deny";
-    let text = format!(
-        "shutdown_timeout: 1s\n{}",
-        config(upstream, &redis, store, routes)
-    );
-    let (_dir, mut replicas) = start(2, &text);
-    let (tx, _rx) = mpsc::unbounded_channel();
-    for _ in 0..2 {
-        send(replicas[0].listen, "/hold", "k", &tx);
-    }
-    eventually("two requests held through A", async || gate.active() == 2).await;
+    let (_gate, redis, _dir, mut replicas) =
+        two_slots_held_through_the_first("shutdown_timeout: 1s\n").await;
     assert_eq!(slots_in_redis(&redis), 2);
 
     // SIGTERM: A drains for 1 s, then cuts the two requests off and releases their slots

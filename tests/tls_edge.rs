@@ -63,17 +63,18 @@ async fn https_clients_speak_http1_and_http2_by_alpn() {
     assert_eq!(status, 401);
 }
 
+/// sluice on a plain (h2c-capable) listener in front of `upstream`; the folder holds its
+/// config and must outlive it.
+fn plain_sluice(upstream: SocketAddr) -> (tempfile::TempDir, Sluice) {
+    let (dir, path) =
+        support::config_file(&config(&format!("{{ url: \"http://{upstream}\" }}"), ""));
+    (dir, Sluice::start(&path, &[]))
+}
+
 #[tokio::test]
 async fn a_plain_listener_speaks_h2c_with_prior_knowledge() {
     let upstream = support::upstream().await;
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(
-        &path,
-        config(&format!("{{ url: \"http://{upstream}\" }}"), ""),
-    )
-    .unwrap();
-    let sluice = Sluice::start(&path, &[]);
+    let (_dir, sluice) = plain_sluice(upstream);
     let tcp = TcpStream::connect(sluice.listen).await.unwrap();
     let (status, body) = pki::get(tcp, true, "/v1/x", "k1").await;
     assert_eq!((status, body.as_str()), (200, "upstream ok"));
@@ -96,14 +97,7 @@ async fn an_http2_clients_authority_reaches_the_upstream_as_host() {
         http::Response::new(http_body_util::Full::new(bytes::Bytes::from(seen)))
     })
     .await;
-    let dir = support::dir();
-    let path = dir.path().join("sluice.yaml");
-    std::fs::write(
-        &path,
-        config(&format!("{{ url: \"http://{upstream}\" }}"), ""),
-    )
-    .unwrap();
-    let sluice = Sluice::start(&path, &[]);
+    let (_dir, sluice) = plain_sluice(upstream);
     let tcp = TcpStream::connect(sluice.listen).await.unwrap();
     let (status, body) = pki::get(tcp, true, "/v1/x", "k1").await;
     assert_eq!(status, 200);

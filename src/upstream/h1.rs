@@ -265,26 +265,23 @@ struct Pool {
 const MAX_IDLE: usize = 1024;
 
 impl Pool {
-    /// The most recently used idle connection still open, if any. Connections found closed
-    /// or expired are closed after the lock is let go.
+    /// The most recently used idle connection still usable, if any. The others met on the
+    /// way are closed after the lock is let go.
     fn take(&self, now: Instant) -> Option<Conn> {
         let mut closed = Vec::new();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = &mut *self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((conn, since)) = idle.pop_back() {
-            if now.duration_since(since) >= self.idle_timeout {
-                // Everything older went idle even earlier.
-                closed.push((conn, since));
-                closed.extend(idle.drain(..));
-                break;
-            }
-            if conn.still_open() {
+            if self.usable(&conn, since, now) {
                 return Some(conn);
             }
-            closed.push((conn, since));
+            closed.push(conn);
         }
-        drop(idle);
-        drop(closed);
         None
+    }
+
+    /// Neither expired nor closed by the upstream.
+    fn usable(&self, conn: &Conn, since: Instant, now: Instant) -> bool {
+        now.duration_since(since) < self.idle_timeout && conn.still_open()
     }
 
     fn put(self: &Arc<Self>, mut conn: Conn) {
@@ -325,9 +322,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let (kept, closed): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut *idle)
             .into_iter()
-            .partition(|(conn, since)| {
-                now.duration_since(*since) < self.idle_timeout && conn.still_open()
-            });
+            .partition(|(conn, since)| self.usable(conn, *since, now));
         *idle = kept;
         drop(idle);
         drop(closed);
@@ -443,7 +438,7 @@ impl Conn {
                     }
                     tokio::select! {
                         frame = body.frame() => frame,
-                        answered = self.answered() => {
+                        answered = answered(&self.stream, &mut self.buf) => {
                             if answered? {
                                 return Ok(false);
                             }
@@ -517,11 +512,6 @@ impl Conn {
         Ok(true)
     }
 
-    /// Waits until the socket is readable and reads: true when response bytes arrived.
-    async fn answered(&mut self) -> Result<bool, Error> {
-        answered(&self.stream, &mut self.buf).await
-    }
-
     /// Reads until a whole final response head is in.
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         loop {
@@ -531,7 +521,7 @@ impl Conn {
             if self.buf.len() >= MAX_HEAD {
                 return Err(Error::Protocol("response head too large"));
             }
-            match self.answered().await {
+            match answered(&self.stream, &mut self.buf).await {
                 Err(Error::Closed(error)) if !self.buf.is_empty() => return Err(Error::Io(error)),
                 result => result?,
             };
