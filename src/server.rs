@@ -8,10 +8,10 @@
 //!   wait in the kernel's listen backlog, unanswered, until one closes. Nothing is refused,
 //!   and the pause is logged and counted (`sluice_connections_saturated_total`).
 //! - `header_read_timeout`: the TLS handshake and the first request's head must arrive within
-//!   it; on HTTP/1.1 every later head too (hyper's timer, which starts as soon as the
-//!   connection waits for a request, so it also bounds keep-alive idleness).
+//!   it ([`watch`]); on HTTP/1.1 every later head too (hyper's timer, which starts as soon as
+//!   the connection waits for a request, so it also bounds keep-alive idleness).
 //! - `idle_timeout`: a connection that moves no byte either way for this long is shut down
-//!   gracefully (a request in flight finishes first).
+//!   gracefully (a request in flight finishes first; [`watch`]).
 //! - `max_header_bytes` / `max_headers`: larger heads get 431 from hyper on HTTP/1.1; on
 //!   HTTP/2 the size is the peer's `SETTINGS_MAX_HEADER_LIST_SIZE`.
 //!
@@ -19,28 +19,27 @@
 //! up to the deadline and are then dropped. Owns no request logic.
 
 mod io;
+mod watch;
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ConnectionLimits;
 use crate::proxy::Gateway;
 use crate::telemetry;
-use io::{Activity, Stream, Watched};
-
-/// How many quiet checks make an idle connection: it is closed within 1/8 of
-/// `idle_timeout` after the timeout passes.
-const IDLE_CHECKS: u32 = 8;
+use io::{Stream, Watched};
+use watch::{Close, Watch, Watches};
 
 /// Least time between two `max_connections reached` warnings.
 const SATURATION_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -66,8 +65,20 @@ pub async fn serve(
     let builder = Arc::new(http_builder(&limits));
     let max = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
-    let (stop, stopping) = watch::channel(false);
-    let limits = Arc::new(limits);
+    let watches = Arc::new(Watches::new(
+        limits.header_read_timeout,
+        limits.idle_timeout,
+    ));
+    let sweeper = tokio::spawn({
+        let watches = watches.clone();
+        async move {
+            let mut tick = tokio::time::interval(watches.period());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                watches.sweep(tick.tick().await);
+            }
+        }
+    });
     let mut warned: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -110,20 +121,20 @@ pub async fn serve(
                 tls: tls.clone(),
                 builder: builder.clone(),
                 gateway: gateway.clone(),
-                limits: limits.clone(),
-                stopping: stopping.clone(),
+                watch: watches.watch(tokio::time::Instant::now()),
             },
         ));
     }
     drop(tcp);
     tracing::info!("shutting down: draining in-flight requests");
-    let _ = stop.send(true);
+    watches.shutdown();
     // Every open connection holds a permit: having them all back means all are closed.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
         _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain deadline passed; dropping the remaining connections"),
     }
+    sweeper.abort();
 }
 
 /// HTTP/1.1 and HTTP/2 settings from the limits.
@@ -151,11 +162,10 @@ struct Context {
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     gateway: Arc<Gateway>,
-    limits: Arc<ConnectionLimits>,
-    stopping: watch::Receiver<bool>,
+    watch: Arc<Watch>,
 }
 
-/// Serves one connection: TLS handshake, HTTP, idle and first-request deadlines, shutdown.
+/// Serves one connection: TLS handshake, HTTP, and closing when its [`Watch`] says so.
 async fn connection(tcp: TcpStream, cx: Context) {
     let Context {
         peer,
@@ -163,82 +173,76 @@ async fn connection(tcp: TcpStream, cx: Context) {
         tls,
         builder,
         gateway,
-        limits,
-        mut stopping,
+        watch,
     } = cx;
-    let first_deadline = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_deadline);
     let secure = tls.is_some();
     let stream = match tls {
         None => Stream::Plain(tcp),
-        Some(acceptor) => tokio::select! {
-            handshake = acceptor.accept(tcp) => match handshake {
-                Ok(tls) => Stream::Tls(Box::new(tls)),
-                Err(error) => {
-                    tracing::debug!(%error, %peer, "TLS handshake failed");
-                    return;
-                }
-            },
-            () = &mut first_deadline => {
-                tracing::debug!(%peer, "TLS handshake not done within header_read_timeout; closing");
+        Some(acceptor) => match until_told_to_close(&watch, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %peer, "TLS handshake failed");
+                return;
+            }
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "TLS handshake not done; closing");
                 return;
             }
         },
     };
-    let activity = Activity::default();
     // The permit lives in the socket wrapper, so an upgraded (tunnelled) socket keeps it.
-    let io = Watched::new(stream, activity.clone(), permit);
-    let served = Arc::new(AtomicBool::new(false));
+    let io = Watched::new(stream, watch.activity.clone(), permit);
     let service = {
-        let served = served.clone();
+        let watch = watch.clone();
         service_fn(move |request| {
-            served.store(true, Ordering::Relaxed);
+            watch.served();
             let gateway = gateway.clone();
             async move { gateway.handle(request, peer, secure).await }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let period = limits.idle_timeout / IDLE_CHECKS;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut seen, mut quiet) = (activity.get(), 0u32);
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let mut closing = false;
-    let mut waiting_first = true;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, %peer, "connection closed with an error");
-                }
-                return;
+    let result = poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        match watch.poll_close(cx) {
+            None => {}
+            Some(Close::Silent) => {
+                tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                return Poll::Ready(Ok(()));
             }
-            () = &mut first_deadline, if waiting_first => {
-                waiting_first = false;
-                if !served.load(Ordering::Relaxed) {
-                    tracing::debug!(%peer, "no request within header_read_timeout; closing");
-                    return;
-                }
-            }
-            _ = tick.tick(), if !closing => {
-                let now = activity.get();
-                if now == seen {
-                    quiet += 1;
-                } else {
-                    (seen, quiet) = (now, 0);
-                }
-                if quiet >= IDLE_CHECKS {
+            Some(why) if !closing => {
+                if why == Close::Idle {
                     tracing::debug!(%peer, "idle_timeout passed; closing");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
                 }
-            }
-            _ = stopping.wait_for(|stop| *stop), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+                // hyper acts on it when polled next.
+                cx.waker().wake_by_ref();
             }
+            Some(_) => {}
         }
+        Poll::Pending
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(%error, %peer, "connection closed with an error");
     }
+}
+
+/// Runs `work` unless the connection is told to close first.
+async fn until_told_to_close<F: Future>(watch: &Watch, work: F) -> Result<F::Output, Close> {
+    let mut work = pin!(work);
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        watch
+            .poll_close(cx)
+            .map_or(Poll::Pending, |why| Poll::Ready(Err(why)))
+    })
+    .await
 }
 
 /// Binds a listener, naming the address in the error.

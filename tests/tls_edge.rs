@@ -28,12 +28,16 @@ reload: {{ interval: 50ms }}
 
 /// sluice terminating TLS with a certificate for `localhost` from `ca`, files in `dir`.
 fn tls_sluice(dir: &Path, ca: &Ca, upstream: SocketAddr) -> Sluice {
+    tls_sluice_with(dir, ca, upstream, "")
+}
+
+fn tls_sluice_with(dir: &Path, ca: &Ca, upstream: SocketAddr, extra: &str) -> Sluice {
     ca.leaf(&["localhost"]).write(dir);
     let path = dir.join("sluice.yaml");
     // Relative paths: resolved against the config's directory.
     let text = config(
         &format!("{{ url: \"http://{upstream}\" }}"),
-        "tls: { cert: cert.pem, key: key.pem }\n",
+        &format!("tls: {{ cert: cert.pem, key: key.pem }}\n{extra}"),
     );
     std::fs::write(&path, text).unwrap();
     Sluice::start(&path, &[])
@@ -61,6 +65,39 @@ async fn https_clients_speak_http1_and_http2_by_alpn() {
     .await;
     let (status, _) = pki::get(tls, true, "/v1/x", "nobody").await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_tls_handshake_not_finished_within_the_header_timeout_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = support::dir();
+    let ca = Ca::new("test CA");
+    let limits = "limits: { header_read_timeout: 1s }\n";
+    let sluice = tls_sluice_with(dir.path(), &ca, support::upstream().await, limits);
+    // The start of a ClientHello record, and then nothing.
+    let mut stalled = TcpStream::connect(sluice.listen).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stalled.read(&mut buf))
+        .await
+        .expect("the stalled handshake is cut off");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+    // Others still get through.
+    let tls = pki::connect(
+        &pki::client(&ca, &[b"h2"], None),
+        sluice.listen,
+        "localhost",
+    )
+    .await;
+    assert_eq!(pki::get(tls, true, "/v1/x", "k1").await.0, 200);
 }
 
 /// sluice on a plain (h2c-capable) listener in front of `upstream`; the folder holds its

@@ -30,7 +30,8 @@ impl Activity {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn bump(&self) {
+    /// Counts one read or write that moved bytes.
+    pub fn bump(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
