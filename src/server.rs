@@ -8,8 +8,8 @@
 //!   wait in the kernel's listen backlog, unanswered, until one closes. Nothing is refused,
 //!   and the pause is logged and counted (`sluice_connections_saturated_total`).
 //! - `header_read_timeout`: the TLS handshake and the first request's head must arrive within
-//!   it ([`watch`]); on HTTP/1.1 every later head too (hyper's timer, which starts as soon as
-//!   the connection waits for a request, so it also bounds keep-alive idleness).
+//!   it; on HTTP/1.1 every later head too, counted from the end of the previous response, so
+//!   it also bounds keep-alive idleness ([`watch`]).
 //! - `idle_timeout`: a connection that moves no byte either way for this long is shut down
 //!   gracefully (a request in flight finishes first; [`watch`]).
 //! - `max_header_bytes` / `max_headers`: larger heads get 431 from hyper on HTTP/1.1; on
@@ -21,6 +21,7 @@
 mod io;
 mod watch;
 
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use http::{Request, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,7 +42,7 @@ use crate::config::ConnectionLimits;
 use crate::proxy::Gateway;
 use crate::telemetry;
 use io::{Stream, Watched};
-use watch::{Close, Watch, Watches};
+use watch::{Close, Tracked, Watch, Watches};
 
 /// Least time between two `max_connections reached` warnings.
 const SATURATION_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -143,11 +146,11 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
+        // Kept by the watch instead: hyper's timer is a new timer for every request.
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         // A head that does not fit the read buffer is answered 431.
-        .max_buf_size(limits.max_header_bytes)
-        .timer(TokioTimer::new());
+        .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -194,10 +197,13 @@ async fn connection(tcp: TcpStream, cx: Context) {
     let io = Watched::new(stream, watch.activity.clone(), permit);
     let service = {
         let watch = watch.clone();
-        service_fn(move |request| {
-            watch.served();
+        service_fn(move |request: Request<Incoming>| {
+            let in_flight = watch.request(request.version() == Version::HTTP_2);
             let gateway = gateway.clone();
-            async move { gateway.handle(request, peer, secure).await }
+            async move {
+                let response = gateway.handle(request, peer, secure).await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
         })
     };
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));

@@ -1,5 +1,5 @@
-//! Clients that misbehave, end to end: a slowloris dripping its headers, a connection that
-//! never speaks, oversized and too many headers (431), idle keep-alive connections, more
+//! Clients that misbehave, end to end: a slowloris dripping its headers (on a new connection
+//! and after a slow response), a connection that never speaks, oversized and too many headers (431), idle keep-alive connections, more
 //! connections than `max_connections`, and bodies over a route's `max_body` (413).
 
 mod support;
@@ -145,10 +145,59 @@ async fn oversized_or_too_many_headers_get_431() {
     assert_eq!(reply.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_is_not_cut_off_but_a_slow_next_head_is() {
+    // Five chunks 500 ms apart: the response takes over twice the header timeout.
+    let upstream = support::serve(|_request| async {
+        let chunks = futures_util::stream::unfold(0, |i| async move {
+            if i == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let frame = hyper::body::Frame::data(Bytes::from(format!("chunk{i};")));
+            Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+        });
+        hyper::Response::new(http_body_util::StreamBody::new(chunks))
+    })
+    .await;
+    let (sluice, _dir) = start(upstream, "{ header_read_timeout: 1s }", "");
+    let mut tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    tcp.write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"0\r\n\r\n") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "cut off mid-response: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("chunk4;"));
+
+    // The next head, dripped: the wait counts from the end of the response.
+    let next = b"GET /v1/x HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n";
+    let mut sent = 0;
+    for byte in next {
+        if tcp.write_all(&[*byte]).await.is_err() || closed(&tcp) {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        (3..=7).contains(&sent),
+        "cut after {sent} bytes, 250 ms apart, with a 1 s header timeout"
+    );
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let (sluice, _dir) = start(support::upstream().await, "{ idle_timeout: 1s }", "");
-    // HTTP/1.1 keep-alive: one request, then silence (hyper's own header timer is 30 s).
+    // HTTP/1.1 keep-alive: one request, then silence (the header timeout is 30 s).
     let mut h1 = TcpStream::connect(sluice.listen).await.unwrap();
     h1.write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n")
         .await

@@ -1,16 +1,27 @@
 //! Connection deadlines, kept by one sweeper per listener instead of timers inside every
-//! connection: no request within `header_read_timeout` of the accept (the TLS handshake
-//! included), no byte moved for `idle_timeout`, and shutdown.
+//! connection or request:
+//! - `header_read_timeout`: a connection waiting for a request (no request in flight: none
+//!   started, or every response sent) closes once it has waited this long. That bounds the
+//!   TLS handshake plus the first request, every later request head on HTTP/1.1 (a
+//!   slowloris), and keep-alive idleness on HTTP/1.1. An HTTP/2 connection only has to
+//!   start its first request in time.
+//! - `idle_timeout`: no byte moved either way for this long: finish and close.
+//! - shutdown: finish and close.
 //!
-//! A connection's task only reads one flag when it wakes; the sweeper looks at every open
-//! connection eight times per (shorter) timeout, so a deadline is enforced within 1/8 of
-//! it. Timers in each connection's task were polled at every wake-up of every request (and
-//! the shutdown signal took a lock on its waiter list each time): ~3% of a proxied request.
+//! A request counts as in flight from the moment hyper hands it over until its response
+//! body is done with ([`Tracked`]). A connection's task reads one flag when it wakes; the
+//! sweeper looks at every open connection eight times per (shorter) timeout, so a deadline
+//! is enforced within 1/8 of it. Timers instead (hyper's header timer, a new one per
+//! request; an idle interval and a shutdown wait polled at every wake-up, the wait taking
+//! a lock on a waiter list shared by all connections) cost ~8% of a proxied request.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use http_body::{Frame, SizeHint};
 
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
@@ -27,7 +38,7 @@ pub enum Close {
     Idle,
     /// The listener is shutting down: finish what is in flight, then close.
     Shutdown,
-    /// No request within `header_read_timeout` of the accept: close now.
+    /// Waited `header_read_timeout` for a request: close now.
     Silent,
 }
 
@@ -55,17 +66,21 @@ impl Close {
 pub struct Watch {
     /// Reads and writes that moved bytes.
     pub activity: Activity,
-    served: AtomicBool,
+    started: AtomicU64,
+    finished: AtomicU64,
+    http2: AtomicBool,
     close: AtomicU8,
     waker: AtomicWaker,
 }
 
 impl Watch {
-    /// A request has started on this connection.
-    pub fn served(&self) {
-        if !self.served.load(Ordering::Relaxed) {
-            self.served.store(true, Ordering::Relaxed);
+    /// A request has started on this connection; it is in flight until the guard drops.
+    pub fn request(self: &Arc<Self>, http2: bool) -> InFlight {
+        if http2 && !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
         }
+        self.started.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// Why the connection must close, if it must; wakes the task in `cx` when that changes.
@@ -85,6 +100,51 @@ impl Watch {
     }
 }
 
+/// A request in flight on a watched connection.
+pub struct InFlight(Arc<Watch>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight until it is done with.
+    pub struct Tracked<B> {
+        #[pin]
+        body: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B> Tracked<B> {
+    /// `body`, keeping `in_flight` until it is dropped.
+    pub fn new(body: B, in_flight: InFlight) -> Self {
+        Self { body, in_flight }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The open connections of one listener.
 pub struct Watches {
     open: Mutex<Vec<Entry>>,
@@ -94,9 +154,11 @@ pub struct Watches {
 
 struct Entry {
     watch: Weak<Watch>,
-    accepted: Instant,
     activity: u64,
     quiet_since: Instant,
+    /// Requests started and finished when last seen to change.
+    requests: (u64, u64),
+    requests_since: Instant,
 }
 
 impl Watches {
@@ -119,9 +181,10 @@ impl Watches {
         let watch = Arc::new(Watch::default());
         self.lock().push(Entry {
             watch: Arc::downgrade(&watch),
-            accepted: now,
             activity: 0,
             quiet_since: now,
+            requests: (0, 0),
+            requests_since: now,
         });
         watch
     }
@@ -137,9 +200,15 @@ impl Watches {
             if activity != entry.activity {
                 (entry.activity, entry.quiet_since) = (activity, now);
             }
-            if !watch.served.load(Ordering::Relaxed)
-                && now.duration_since(entry.accepted) >= self.header_read_timeout
-            {
+            // Finished first: a request that starts in between is then seen in flight.
+            let finished = watch.finished.load(Ordering::Relaxed);
+            let started = watch.started.load(Ordering::Relaxed);
+            if (started, finished) != entry.requests {
+                (entry.requests, entry.requests_since) = ((started, finished), now);
+            }
+            let waiting =
+                started == finished && (started == 0 || !watch.http2.load(Ordering::Relaxed));
+            if waiting && now.duration_since(entry.requests_since) >= self.header_read_timeout {
                 watch.close(Close::Silent);
             } else if now.duration_since(entry.quiet_since) >= self.idle_timeout {
                 watch.close(Close::Idle);
@@ -172,18 +241,41 @@ mod tests {
         watch.poll_close(&Context::from_waker(Waker::noop()))
     }
 
+    fn at(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
     #[test]
-    fn a_connection_without_a_request_is_closed_at_once_after_the_header_timeout() {
+    fn a_connection_waiting_for_a_request_is_closed_at_once_after_the_header_timeout() {
         let watches = Watches::new(Duration::from_secs(2), Duration::from_secs(60));
         let start = Instant::now();
         let silent = watches.watch(start);
-        let served = watches.watch(start);
-        served.served();
-        watches.sweep(start + Duration::from_millis(1999));
+        let busy = watches.watch(start);
+        let in_flight = busy.request(false);
+        watches.sweep(at(start, 1999));
         assert_eq!(verdict(&silent), None);
-        watches.sweep(start + Duration::from_secs(2));
+        watches.sweep(at(start, 2000));
         assert_eq!(verdict(&silent), Some(Close::Silent));
-        assert_eq!(verdict(&served), None);
+        watches.sweep(at(start, 9000));
+        assert_eq!(verdict(&busy), None, "a request in flight for 9 s");
+        // HTTP/1.1: the wait for the next head counts from the end of the response.
+        drop(in_flight);
+        watches.sweep(at(start, 9500));
+        watches.sweep(at(start, 11_499));
+        assert_eq!(verdict(&busy), None);
+        watches.sweep(at(start, 11_500));
+        assert_eq!(verdict(&busy), Some(Close::Silent));
+    }
+
+    #[test]
+    fn an_http2_connection_only_has_to_start_its_first_request_in_time() {
+        let watches = Watches::new(Duration::from_secs(2), Duration::from_secs(60));
+        let start = Instant::now();
+        let watch = watches.watch(start);
+        drop(watch.request(true));
+        watches.sweep(at(start, 100));
+        watches.sweep(at(start, 30_000));
+        assert_eq!(verdict(&watch), None);
     }
 
     #[test]
@@ -191,7 +283,7 @@ mod tests {
         let watches = Watches::new(Duration::from_secs(1), Duration::from_secs(10));
         let start = Instant::now();
         let watch = watches.watch(start);
-        watch.served();
+        let _in_flight = watch.request(false);
         watch.activity.bump();
         watches.sweep(start + Duration::from_secs(5));
         watches.sweep(start + Duration::from_secs(14));
