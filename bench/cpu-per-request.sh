@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU time per request of running processes while wrk loads a port: user and system
 # microseconds per request for each PID, from /proc/PID/stat (utime, stime) before and
-# after the run, and the context switches per request.
+# after the run, and the context switches per request (voluntary: it waited; involuntary:
+# it was preempted, e.g. by an upstream on the same CPU woken by its write).
 #
 #   bench/cpu-per-request.sh PORT PID...
 #
@@ -28,7 +29,7 @@ for pid in "$@"; do
   invol=$(awk '/^nonvoluntary_ctxt_switches/{print $2}' "/proc/$pid/status")
   awk -v n="$requests" -v hz="$ticks" -v pid="$pid" -v name="$(cat "/proc/$pid/comm")" \
     -v u=$((user - user0[$pid])) -v s=$((sys - sys0[$pid])) \
-    -v cs=$((vol - vol0[$pid] + invol - invol0[$pid])) \
-    'BEGIN { printf "%s (%s): user %.2f us, system %.2f us, %.2f context switches per request\n",
-             name, pid, u * 1e6 / hz / n, s * 1e6 / hz / n, cs / n }'
+    -v cs=$((vol - vol0[$pid])) -v ics=$((invol - invol0[$pid])) \
+    'BEGIN { printf "%s (%s): user %.2f us, system %.2f us, %.2f vol %.2f invol cs per request\n",
+             name, pid, u * 1e6 / hz / n, s * 1e6 / hz / n, cs / n, ics / n }'
 done
