@@ -215,7 +215,7 @@ async fn connection(tcp: TcpStream, cx: Context) {
         match watch.poll_close(cx) {
             None => {}
             Some(Close::Silent) => {
-                tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                tracing::debug!(%peer, "no request head within header_read_timeout; closing");
                 return Poll::Ready(Ok(()));
             }
             Some(why) if !closing => {
