@@ -231,6 +231,8 @@ impl Responses {
         let mut response = Response::new(Body::full(Bytes::from(body)));
         *response.status_mut() = reply.status;
         let headers = response.headers_mut();
+        // Room for what follows and the request id, so the map is allocated once.
+        headers.reserve(8 + reply.headers.len());
         headers.insert(CONTENT_TYPE, reply.content_type.clone());
         if let Some(decision) = cx.decision.filter(|d| !d.allowed) {
             headers.insert(
@@ -278,16 +280,21 @@ impl Values for Rendering<'_, '_> {
         let cx = self.cx;
         let headline = cx.decision.and_then(Decision::headline);
         let retry = cx.decision.map_or(0, Decision::retry_after);
+        // Numbers without `core::fmt`: a rejection's body is written for every rejection.
+        let mut number = |n: u64| {
+            out.push_str(itoa::Buffer::new().format(n));
+            Ok(())
+        };
         let _ = match var {
-            Var::RetryAfter => write!(out, "{}", retry_after_seconds(retry)),
-            Var::RetryAfterMs => write!(out, "{}", ceil_div(retry, MILLISECOND).max(1)),
-            Var::Limit => write!(out, "{}", headline.map_or(0, |o| o.limit)),
-            Var::Remaining => write!(out, "{}", headline.map_or(0, |o| o.remaining)),
-            Var::Reset => {
-                let responses_reset =
-                    Responses::reset_in(self.reset, headline.map_or(cx.now, |o| o.reset), cx.now);
-                write!(out, "{responses_reset}")
-            }
+            Var::RetryAfter => number(retry_after_seconds(retry)),
+            Var::RetryAfterMs => number(ceil_div(retry, MILLISECOND).max(1)),
+            Var::Limit => number(headline.map_or(0, |o| o.limit).into()),
+            Var::Remaining => number(headline.map_or(0, |o| o.remaining).into()),
+            Var::Reset => number(Responses::reset_in(
+                self.reset,
+                headline.map_or(cx.now, |o| o.reset),
+                cx.now,
+            )),
             Var::Route => {
                 out.push_str(cx.route);
                 Ok(())
@@ -309,8 +316,8 @@ impl Values for Rendering<'_, '_> {
                 let text = humantime::format_rfc3339_micros(system_time(cx.now)).to_string();
                 write!(out, "{}+00:00", text.trim_end_matches('Z'))
             }
-            Var::UnixTime => write!(out, "{}", cx.now / SECOND),
-            Var::Status => write!(out, "{}", self.status.as_u16()),
+            Var::UnixTime => number(cx.now / SECOND),
+            Var::Status => number(self.status.as_u16().into()),
             Var::Method => {
                 out.push_str(cx.method.as_str());
                 Ok(())

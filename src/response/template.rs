@@ -129,15 +129,19 @@ impl Template {
     /// Renders with JSON-escaped values.
     pub fn render(&self, values: &dyn Values) -> String {
         let mut out = String::with_capacity(self.static_len);
-        let mut scratch = String::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Var(Var::ViolatedPolicies) => values.write(Var::ViolatedPolicies, &mut out),
                 Piece::Var(var) => {
-                    scratch.clear();
-                    values.write(*var, &mut scratch);
-                    escape_json_into(&scratch, &mut out);
+                    // Written in place and escaped only when it must be (numbers, dates and
+                    // request ids never need it).
+                    let start = out.len();
+                    values.write(*var, &mut out);
+                    if needs_escape(&out[start..]) {
+                        let raw = out.split_off(start);
+                        escape_json_into(&raw, &mut out);
+                    }
                 }
             }
         }
@@ -150,8 +154,20 @@ impl Template {
     }
 }
 
+/// Whether `value` has a character `escape_json_into` changes (or may: 0xE2 starts U+2028
+/// and U+2029, and other characters too). A byte scan, so cheap for the common none.
+fn needs_escape(value: &str) -> bool {
+    value
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0xE2)
+}
+
 /// Appends `value` escaped as JSON string content (RFC 8259 §7).
 pub fn escape_json_into(value: &str, out: &mut String) {
+    if !needs_escape(value) {
+        out.push_str(value);
+        return;
+    }
     // Runs of characters that need no escape (nearly all of them) are copied whole.
     let mut plain = 0;
     for (at, c) in value.char_indices() {
