@@ -31,6 +31,9 @@ use super::io::Activity;
 /// How many looks per timeout.
 const CHECKS: u32 = 8;
 
+/// Least length of the list at which adding a connection first drops the closed ones.
+const MIN_PRUNE: usize = 1024;
+
 /// Why a connection is told to close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Close {
@@ -179,7 +182,13 @@ impl Watches {
     /// Starts watching a connection accepted `now`.
     pub fn watch(&self, now: Instant) -> Arc<Watch> {
         let watch = Arc::new(Watch::default());
-        self.lock().push(Entry {
+        let mut open = self.lock();
+        // Closed connections are forgotten at the next sweep, or, under heavy churn, here
+        // when the list is about to grow: it stays within twice the open connections.
+        if open.len() >= MIN_PRUNE && open.len() == open.capacity() {
+            open.retain(|entry| entry.watch.strong_count() > 0);
+        }
+        open.push(Entry {
             watch: Arc::downgrade(&watch),
             activity: 0,
             quiet_since: now,
@@ -292,6 +301,19 @@ mod tests {
         watches.sweep(start + Duration::from_secs(15));
         assert_eq!(verdict(&watch), Some(Close::Idle));
         assert_eq!(watches.period(), Duration::from_millis(125));
+    }
+
+    #[test]
+    fn closed_connections_do_not_pile_up_between_sweeps() {
+        let watches = Watches::new(Duration::from_secs(30), Duration::from_secs(60));
+        let now = Instant::now();
+        let open: Vec<_> = (0..100).map(|_| watches.watch(now)).collect();
+        for _ in 0..10_000 {
+            drop(watches.watch(now));
+        }
+        assert!(watches.lock().len() <= MIN_PRUNE + open.len());
+        watches.sweep(now);
+        assert_eq!(watches.lock().len(), open.len());
     }
 
     #[test]
