@@ -135,7 +135,10 @@ impl Gateway {
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
         crate::tunnel::Hold::attach(&mut parts);
-        let request_id = self.request_ids.ensure(&mut parts.headers);
+        let request_id_header = self.request_ids.ensure(&mut parts.headers);
+        let request_id = request_id_header
+            .to_str()
+            .expect("request ids are visible ASCII");
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
         let route = policy.find(&parts);
@@ -143,7 +146,8 @@ impl Gateway {
             config,
             route,
             plan: None,
-            request_id: &request_id,
+            request_id,
+            request_id_header: &request_id_header,
             now,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -377,9 +381,9 @@ impl Gateway {
         verdict: Verdict,
         near_limit: bool,
     ) -> Response<Body> {
-        if let Ok(value) = HeaderValue::from_str(reply.request_id) {
-            response.headers_mut().insert(X_REQUEST_ID, value);
-        }
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, reply.request_id_header.clone());
         let config = reply.config;
         config.metrics.record(
             config.policy.routes.len(),
@@ -401,6 +405,7 @@ struct Reply<'a> {
     route: Option<usize>,
     plan: Option<usize>,
     request_id: &'a str,
+    request_id_header: &'a HeaderValue,
     now: Nanos,
     method: http::Method,
     uri: http::Uri,
@@ -479,11 +484,12 @@ impl RequestIds {
         }
     }
 
-    /// Returns the request's id, setting the header when the client sent none.
-    fn ensure(&self, headers: &mut http::HeaderMap) -> String {
-        if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            if !id.is_empty() && id.len() <= 200 {
-                return id.to_string();
+    /// Returns the request's id (visible ASCII), setting the header when the client sent
+    /// none.
+    fn ensure(&self, headers: &mut http::HeaderMap) -> HeaderValue {
+        if let Some(id) = headers.get(&X_REQUEST_ID) {
+            if id.to_str().is_ok() && !id.is_empty() && id.len() <= 200 {
+                return id.clone();
             }
         }
         let mut hex = [0u8; 32];
@@ -492,9 +498,8 @@ impl RequestIds {
             let word = if i < 16 { self.prefix } else { counter };
             *digit = b"0123456789abcdef"[((word >> (4 * (15 - i % 16))) & 0xf) as usize];
         }
-        let value = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
-        let id = String::from_utf8(hex.to_vec()).expect("hex is ASCII");
-        headers.insert(X_REQUEST_ID, value);
+        let id = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
+        headers.insert(X_REQUEST_ID, id.clone());
         id
     }
 }
@@ -512,7 +517,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         let id = ids.ensure(&mut headers);
         assert_eq!(id, "0123456789abcdef00000000000000ff");
-        assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+        assert_eq!(headers[&X_REQUEST_ID], id);
         assert_eq!(ids.ensure(&mut headers), id, "a client's id is kept");
         assert_eq!(
             ids.ensure(&mut http::HeaderMap::new()),
