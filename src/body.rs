@@ -79,6 +79,17 @@ impl Body {
 /// Why a response body failed.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Passes an upstream body's frame on, letting go of `held` once the body ended or failed.
+fn release_at_end<E: Into<BodyError>>(
+    frame: Poll<Option<Result<Frame<Bytes>, E>>>,
+    held: &mut Option<Held>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+        *held = None;
+    }
+    frame.map_err(Into::into)
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BodyError;
@@ -89,19 +100,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyProj::Upstream { inner, held } => {
-                let frame = inner.poll_frame(cx);
-                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-                    *held = None;
-                }
-                frame.map_err(BodyError::from)
-            }
+            BodyProj::Upstream { inner, held } => release_at_end(inner.poll_frame(cx), held),
             BodyProj::Direct { inner, held } => {
-                let frame = Pin::new(inner).poll_frame(cx);
-                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-                    *held = None;
-                }
-                frame.map_err(BodyError::from)
+                release_at_end(Pin::new(inner).poll_frame(cx), held)
             }
             BodyProj::Recorded { inner } => Pin::new(&mut **inner).poll_frame(cx),
         }

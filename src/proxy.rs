@@ -135,10 +135,7 @@ impl Gateway {
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
         crate::tunnel::Hold::attach(&mut parts);
-        let request_id_header = self.request_ids.ensure(&mut parts.headers);
-        let request_id = request_id_header
-            .to_str()
-            .expect("request ids are visible ASCII");
+        let request_id = self.request_ids.ensure(&mut parts.headers);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
         let route = policy.find(&parts);
@@ -146,8 +143,7 @@ impl Gateway {
             config,
             route,
             plan: None,
-            request_id,
-            request_id_header: &request_id_header,
+            request_id: &request_id,
             now,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -174,7 +170,7 @@ impl Gateway {
                         tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
                     }
                     Unidentified::InvalidToken(error) => {
-                        tracing::debug!(%error, request_id, "JWT rejected");
+                        tracing::debug!(%error, request_id = reply.request_id(), "JWT rejected");
                     }
                     Unidentified::NoKey => {}
                 }
@@ -359,12 +355,12 @@ impl Gateway {
                 response
             }
             Err(UpstreamError::BodyTooLarge(error)) => {
-                tracing::debug!(%error, request_id = reply.request_id, "request body cut off");
+                tracing::debug!(%error, request_id = reply.request_id(), "request body cut off");
                 reply.reject(Rejection::PayloadTooLarge, decision, limits)
             }
             Err(error) => {
                 telemetry::upstream_error(error.kind());
-                tracing::warn!(%error, request_id = reply.request_id, "upstream failed");
+                tracing::warn!(%error, request_id = reply.request_id(), "upstream failed");
                 let rejection = match error {
                     UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
                     _ => Rejection::UpstreamUnavailable,
@@ -383,7 +379,7 @@ impl Gateway {
     ) -> Response<Body> {
         response
             .headers_mut()
-            .insert(X_REQUEST_ID, reply.request_id_header.clone());
+            .insert(X_REQUEST_ID, reply.request_id.clone());
         let config = reply.config;
         config.metrics.record(
             config.policy.routes.len(),
@@ -404,14 +400,18 @@ struct Reply<'a> {
     config: &'a Config,
     route: Option<usize>,
     plan: Option<usize>,
-    request_id: &'a str,
-    request_id_header: &'a HeaderValue,
+    /// Visible ASCII (see `RequestIds::ensure`).
+    request_id: &'a HeaderValue,
     now: Nanos,
     method: http::Method,
     uri: http::Uri,
 }
 
 impl Reply<'_> {
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
     /// The penalty box's 429: `Retry-After` and the reset are the end of the block.
     fn penalised(&self, until: Nanos) -> Response<Body> {
         let blocked = Outcome {
@@ -447,7 +447,7 @@ impl Reply<'_> {
             plan: self
                 .plan
                 .map_or(telemetry::NO_PLAN, |p| &policy.plan_names[p]),
-            request_id: self.request_id,
+            request_id: self.request_id(),
             now: self.now,
             method: &self.method,
             path: self.uri.path(),

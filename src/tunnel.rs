@@ -16,7 +16,7 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::Body;
 use crate::telemetry;
+use crate::upstream::connection_lists;
 
 /// Values that live as long as the request's tunnel (see the module doc).
 #[derive(Clone, Default)]
@@ -51,19 +52,10 @@ impl Hold {
 
 /// The `Upgrade` value of an HTTP/1.1 request that asks for one (`Connection: upgrade`).
 pub fn requested(parts: &Parts) -> Option<&HeaderValue> {
-    if parts.version != Version::HTTP_11 || !connection_has_upgrade(&parts.headers) {
+    if parts.version != Version::HTTP_11 || !connection_lists(&parts.headers, "upgrade") {
         return None;
     }
     parts.headers.get(header::UPGRADE)
-}
-
-fn connection_has_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The client side of a tunnel that may open, taken from an upgrade request.

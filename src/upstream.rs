@@ -173,9 +173,7 @@ impl Upstream {
         }
         Ok(Response::from_parts(parts, Body::upstream(body)))
     }
-}
 
-impl Upstream {
     fn classify_direct(&self, error: h1::Error) -> UpstreamError {
         let kind = match error {
             h1::Error::ConnectTimeout => {
@@ -315,18 +313,10 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
             text[len] = b'.';
             len += 1;
         }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 {
-            0
-        } else if octet >= 10 {
-            1
-        } else {
-            2
-        };
-        for digit in &digits[skip..] {
-            text[len] = b'0' + digit;
-            len += 1;
-        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(octet).as_bytes();
+        text[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
     }
     HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
 }
@@ -357,23 +347,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // most of the rest (every response from an nginx upstream) just `Connection`. Without
     // allocating: this runs for every request and every response.
     let connection = headers.contains_key(header::CONNECTION);
-    let named_in_connection = |name: &HeaderName| {
-        headers.get_all(header::CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|tokens| {
-                tokens
-                    .split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        })
-    };
     let doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| hop_by_hop(name) || (connection && named_in_connection(name)))
+        .filter(|name| hop_by_hop(name) || (connection && connection_lists(headers, name.as_str())))
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Whether a `Connection` header lists `token` (case-insensitive, as every token there).
+pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The demo upstream: a small JSON echo, so a newcomer sees traffic without an API.

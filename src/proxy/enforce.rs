@@ -159,7 +159,7 @@ impl Gateway {
             if let Some(until) = violation.resolve().await {
                 tracing::info!(
                     plan = %profile.plan,
-                    request_id = reply.request_id,
+                    request_id = reply.request_id(),
                     block_for_s = rule.block_for.div_ceil(SECOND),
                     "caller blocked by the penalty box"
                 );
@@ -209,7 +209,7 @@ fn shadow_log(reply: &Reply<'_>, decision: &Decision, limits: &[Limit], now: Nan
         .collect();
     tracing::info!(
         limits = ?names,
-        request_id = reply.request_id,
+        request_id = reply.request_id(),
         suppressed,
         "shadow limit would have rejected this request"
     );

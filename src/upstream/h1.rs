@@ -37,6 +37,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
+use super::connection_lists;
 use crate::body::RequestBody;
 
 mod chunked;
@@ -196,7 +197,7 @@ impl Client {
             Some(n) => line(
                 &mut head,
                 header::CONTENT_LENGTH.as_str(),
-                n.to_string().as_bytes(),
+                itoa::Buffer::new().format(n).as_bytes(),
             ),
             None => line(&mut head, header::TRANSFER_ENCODING.as_str(), b"chunked"),
         }
@@ -594,9 +595,9 @@ impl Conn {
             headers.append(name, value);
         }
         let mut reusable = if minor == 0 {
-            has_token(&headers, "keep-alive")
+            connection_lists(&headers, "keep-alive")
         } else {
-            !has_token(&headers, "close")
+            !connection_lists(&headers, "close")
         };
         let framing = if method == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -701,16 +702,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
         }
     }
     Ok(length)
-}
-
-/// Whether a `Connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The hex size line of a chunk, written into `out`.
