@@ -130,6 +130,57 @@ impl http_body::Body for Body {
 }
 
 pin_project_lite::pin_project! {
+    /// A request body as the client sends it.
+    #[project = ClientBodyProj]
+    pub enum ClientBody {
+        /// Read by hyper's server (HTTP/2, TLS, and what sluice's own server hands over).
+        Hyper { #[pin] inner: Incoming },
+        /// Read by sluice's own HTTP/1.1 server.
+        Direct { inner: crate::server::BodyReader },
+        /// No body.
+        Empty,
+    }
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(inner: Incoming) -> Self {
+        ClientBody::Hyper { inner }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(Into::into),
+            ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ClientBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper { inner } => inner.is_end_stream(),
+            ClientBody::Direct { inner } => inner.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper { inner } => inner.size_hint(),
+            ClientBody::Direct { inner } => inner.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
     /// A request body on its way upstream.
     #[project = RequestBodyProj]
     pub enum RequestBody {
@@ -137,7 +188,7 @@ pin_project_lite::pin_project! {
         /// bodies whose size the headers did not announce).
         Stream {
             #[pin]
-            inner: Incoming,
+            inner: ClientBody,
             remaining: u64,
             limit: u64,
         },
@@ -156,7 +207,7 @@ pub struct TooLarge {
 
 impl RequestBody {
     /// `inner`, allowed at most `limit` bytes (`None`: unlimited).
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(inner: ClientBody, limit: Option<u64>) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         RequestBody::Stream {
             inner,
@@ -201,7 +252,7 @@ impl http_body::Body for RequestBody {
                 *remaining -= len;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

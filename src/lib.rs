@@ -17,13 +17,15 @@
 //! Around it: [`config`] loads and compiles the YAML, [`reload`] swaps in a new config
 //! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
 //! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`,
-//! [`tls`] loads and reloads certificates.
+//! [`tls`] loads and reloads certificates, [`http1`] holds what sluice's own HTTP/1.1 server
+//! and client share.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod http1;
 pub mod idempotency;
 pub mod identity;
 pub mod inspect;

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
-use crate::body::{Body, RequestBody};
+use crate::body::{Body, ClientBody, RequestBody};
 use crate::config::Config;
 use crate::idempotency::{memory::MemoryRecords, Early, Idempotency, Pending, RecordStore};
 use crate::identity::{Identity, Unidentified};
@@ -125,7 +124,7 @@ impl Gateway {
     /// Handles one request from `peer`, which came over TLS when `tls`.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         peer: SocketAddr,
         tls: bool,
     ) -> Result<Response<Body>, Infallible> {

@@ -18,8 +18,11 @@
 //! On shutdown the listener closes at once; connections finish their in-flight requests
 //! up to the deadline and are then dropped. Owns no request logic.
 
+mod h1;
 mod io;
 mod watch;
+
+pub use h1::BodyReader;
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -125,6 +128,7 @@ pub async fn serve(
                 builder: builder.clone(),
                 gateway: gateway.clone(),
                 watch: watches.watch(tokio::time::Instant::now()),
+                head_limits: (limits.max_header_bytes, limits.max_headers),
             },
         ));
     }
@@ -166,6 +170,8 @@ struct Context {
     builder: Arc<auto::Builder<TokioExecutor>>,
     gateway: Arc<Gateway>,
     watch: Arc<Watch>,
+    /// `limits.max_header_bytes` and `limits.max_headers`, for sluice's own HTTP/1.1 server.
+    head_limits: (usize, usize),
 }
 
 /// Serves one connection: TLS handshake, HTTP, and closing when its [`Watch`] says so.
@@ -177,10 +183,27 @@ async fn connection(tcp: TcpStream, cx: Context) {
         builder,
         gateway,
         watch,
+        head_limits: (max_header_bytes, max_headers),
     } = cx;
     let secure = tls.is_some();
+    let mut replay = bytes::BytesMut::new();
     let stream = match tls {
-        None => Stream::Plain(tcp),
+        None => {
+            let env = h1::Env {
+                gateway: &gateway,
+                peer,
+                watch: &watch,
+                max_header_bytes,
+                max_headers,
+            };
+            match h1::serve(tcp, env).await {
+                h1::Served::Closed => return,
+                h1::Served::HandOff(tcp, read) => {
+                    replay = read;
+                    Stream::Plain(tcp)
+                }
+            }
+        }
         Some(acceptor) => match until_told_to_close(&watch, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
             Ok(Err(error)) => {
@@ -194,14 +217,16 @@ async fn connection(tcp: TcpStream, cx: Context) {
         },
     };
     // The permit lives in the socket wrapper, so an upgraded (tunnelled) socket keeps it.
-    let io = Watched::new(stream, watch.activity.clone(), permit);
+    let io = Watched::new(stream, watch.activity.clone(), permit).replaying(replay);
     let service = {
         let watch = watch.clone();
         service_fn(move |request: Request<Incoming>| {
             let in_flight = watch.request(request.version() == Version::HTTP_2);
             let gateway = gateway.clone();
             async move {
-                let response = gateway.handle(request, peer, secure).await?;
+                let response = gateway
+                    .handle(request.map(Into::into), peer, secure)
+                    .await?;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         })

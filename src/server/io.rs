@@ -1,5 +1,7 @@
 //! The socket under one connection: plain TCP or TLS, counting its reads and writes (for
 //! `idle_timeout`) and holding the connection's `max_connections` permit until it closes.
+//! A connection sluice's own HTTP/1.1 server hands to hyper first replays what that server
+//! read from it.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -39,6 +41,8 @@ impl Activity {
 /// A stream that records activity and holds a connection permit for as long as it lives.
 pub struct Watched {
     stream: Stream,
+    /// Read from the socket before hyper took it over: hyper reads these first.
+    replay: bytes::BytesMut,
     activity: Activity,
     _permit: OwnedSemaphorePermit,
 }
@@ -48,9 +52,16 @@ impl Watched {
     pub fn new(stream: Stream, activity: Activity, permit: OwnedSemaphorePermit) -> Self {
         Self {
             stream,
+            replay: bytes::BytesMut::new(),
             activity,
             _permit: permit,
         }
+    }
+
+    /// The same stream, whose reads first return `read` (bytes already taken off it).
+    pub fn replaying(mut self, read: bytes::BytesMut) -> Self {
+        self.replay = read;
+        self
     }
 }
 
@@ -61,6 +72,11 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),

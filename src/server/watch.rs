@@ -92,6 +92,11 @@ impl Watch {
         Close::from_code(self.close.load(Ordering::Acquire))
     }
 
+    /// Why the connection must close, if it must (without waiting for it).
+    pub fn closing(&self) -> Option<Close> {
+        Close::from_code(self.close.load(Ordering::Acquire))
+    }
+
     /// The first reason given stands.
     fn close(&self, why: Close) {
         let set = self

@@ -39,10 +39,8 @@ use tokio::net::TcpStream;
 
 use super::connection_lists;
 use crate::body::RequestBody;
-
-mod chunked;
-
-use chunked::{Chunked, Decoded};
+use crate::http1::chunked::{Chunked, Decoded};
+use crate::http1::{chunk_size, read};
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -662,26 +660,6 @@ async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool, Error>
     }
 }
 
-/// Reads what has arrived into `buf`'s spare capacity. A read that leaves some of it empty
-/// has drained the socket, so tokio is told to wait for the next readiness event rather
-/// than let the next read find nothing (one `recv` per response instead of two).
-fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let space = buf.capacity() - buf.len();
-    let mut read = 0;
-    let drained = stream.try_io(tokio::io::Interest::READABLE, || {
-        read = stream.try_read_buf(buf)?;
-        if read > 0 && read < space {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
-    });
-    match drained {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
-        Err(e) => Err(e),
-        Ok(()) => Ok(read),
-    }
-}
-
 /// `Content-Length`, refusing conflicting or malformed values.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
@@ -702,17 +680,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
         }
     }
     Ok(length)
-}
-
-/// The hex size line of a chunk, written into `out`.
-fn chunk_size(len: usize, out: &mut [u8; 18]) -> &[u8] {
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, digit) in out[..digits].iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
-    }
-    out[digits] = b'\r';
-    out[digits + 1] = b'\n';
-    &out[..digits + 2]
 }
 
 /// A response body read from the upstream connection as the client takes it. A complete

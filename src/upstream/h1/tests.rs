@@ -402,11 +402,3 @@ async fn refused_and_unreachable_upstreams() {
     let result = send(&client, &get("/")).await;
     assert!(matches!(result, Err(Error::Connect(_))), "{result:?}");
 }
-
-#[test]
-fn chunk_sizes_are_lowercase_hex() {
-    let mut out = [0u8; 18];
-    assert_eq!(chunk_size(1, &mut out), b"1\r\n");
-    assert_eq!(chunk_size(255, &mut out), b"ff\r\n");
-    assert_eq!(chunk_size(65536, &mut out), b"10000\r\n");
-}

@@ -1,0 +1,55 @@
+//! What both HTTP/1.1 sides of sluice share: sluice's own server for cleartext clients
+//! ([`crate::server`]) and its own client for `http://` upstreams ([`crate::upstream`]).
+//! Chunked bodies ([`chunked`]) and the socket read that tells tokio when a socket is
+//! drained. Owns no connection and no request.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+pub mod chunked;
+
+/// Reads what has arrived into `buf`'s spare capacity. A read that leaves some of it empty
+/// has drained the socket, so tokio is told to wait for the next readiness event rather
+/// than let the next read find nothing (one `recv` per message instead of two).
+pub fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let space = buf.capacity() - buf.len();
+    let mut read = 0;
+    let drained = stream.try_io(tokio::io::Interest::READABLE, || {
+        read = stream.try_read_buf(buf)?;
+        if read > 0 && read < space {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match drained {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+        Err(e) => Err(e),
+        Ok(()) => Ok(read),
+    }
+}
+
+/// The hex size line of a chunk of `len` bytes, written into `out`.
+pub fn chunk_size(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    &out[..digits + 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut out = [0u8; 18];
+        assert_eq!(chunk_size(1, &mut out), b"1\r\n");
+        assert_eq!(chunk_size(255, &mut out), b"ff\r\n");
+        assert_eq!(chunk_size(65536, &mut out), b"10000\r\n");
+    }
+}

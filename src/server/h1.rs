@@ -1,0 +1,522 @@
+//! sluice's own HTTP/1.1 server for cleartext connections.
+//!
+//! hyper's server hands each request to the service through its dispatcher and encodes the
+//! response through its own buffers; profiles put that at about a quarter of sluice's user
+//! time per request (BENCHMARKS.md). This server does the ordinary exchange in the
+//! connection's task with nothing in between: it reads and parses the head with httparse
+//! (header values share the read buffer), calls the gateway, and writes the response head
+//! and its first body bytes in one `writev`.
+//!
+//! It serves only what it fully understands: a request that asks for anything else — an
+//! upgrade (WebSocket, h2c), `Expect`, a transfer coding other than `chunked`, conflicting
+//! lengths, `CONNECT` or `*`, a malformed head, a head over `max_header_bytes` or
+//! `max_headers`, the HTTP/2 preface — hands the connection, with every byte read from it,
+//! to hyper for the rest of its life ([`Served::HandOff`]). hyper's answers to those (400,
+//! 431, 100-continue, 101) stay exactly what they were.
+//!
+//! Framing (RFC 9112 §6): request bodies by `Content-Length` or `chunked`, streamed as they
+//! arrive ([`body::BodyReader`]). Responses carry `Content-Length` when their size is
+//! known and are chunked otherwise (close-delimited to an HTTP/1.0 client); HEAD, 1xx, 204
+//! and 304 responses have no body. A request body the gateway did not read (a rejection) is
+//! drained afterwards when it is small, and the connection closed otherwise. Requests on one
+//! connection are answered in order (pipelining).
+
+mod body;
+mod head;
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Response, StatusCode};
+use http_body::{Body as _, Frame};
+use tokio::io::ReadBuf;
+use tokio::net::TcpStream;
+
+use super::io::Activity;
+use super::watch::Watch;
+use crate::body::{Body, ClientBody};
+use crate::http1::chunk_size;
+use crate::proxy::Gateway;
+use crate::upstream::connection_lists;
+
+pub use body::BodyReader;
+use head::{Framing, Head};
+
+/// Space made in the read buffer before reading a request head.
+const HEAD_READ: usize = 8 * 1024;
+/// Most bytes of an unread request body read and dropped to keep the connection open.
+const MAX_DRAIN: u64 = 64 * 1024;
+
+/// The socket of one connection, shared with the request body reading from it.
+struct Socket {
+    tcp: TcpStream,
+    activity: Activity,
+    /// Where a request body leaves the connection's read buffer when it is done with it.
+    returned: Mutex<Option<Returned>>,
+}
+
+/// A request body's read buffer, given back to the connection.
+enum Returned {
+    /// The body was read to its end; the buffer holds what followed it.
+    Done(BytesMut),
+    /// The body was dropped before its end.
+    Unread(BytesMut, Framing),
+}
+
+/// What the connection needs from its listener.
+pub struct Env<'a> {
+    /// The request path.
+    pub gateway: &'a Gateway,
+    /// The client.
+    pub peer: SocketAddr,
+    /// This connection's deadlines.
+    pub watch: &'a Arc<Watch>,
+    /// `limits.max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// `limits.max_headers`.
+    pub max_headers: usize,
+}
+
+/// How a connection left this server.
+pub enum Served {
+    /// It is closed (or must be: the client left, a deadline passed, the listener is
+    /// shutting down, an exchange failed).
+    Closed,
+    /// hyper serves the rest of it, starting with these bytes already read from it.
+    HandOff(TcpStream, BytesMut),
+}
+
+/// Serves HTTP/1.1 requests on `tcp` until it closes or needs hyper.
+pub async fn serve(tcp: TcpStream, env: Env<'_>) -> Served {
+    let mut conn = Conn {
+        socket: Arc::new(Socket {
+            tcp,
+            activity: env.watch.activity.clone(),
+            returned: Mutex::new(None),
+        }),
+        buf: BytesMut::with_capacity(HEAD_READ),
+        out: Vec::with_capacity(512),
+    };
+    loop {
+        let head = loop {
+            match head::parse(&mut conn.buf, env.max_headers) {
+                Ok(Some(head)) => break head,
+                Ok(None) if conn.buf.len() < env.max_header_bytes => {}
+                _ => return conn.hand_off(),
+            }
+            if !conn.read_more(env.watch).await {
+                return Served::Closed;
+            }
+        };
+        match conn.exchange(head, &env).await {
+            Ok(true) => {}
+            Ok(false) => return Served::Closed,
+            Err(error) => {
+                tracing::debug!(%error, peer = %env.peer, "connection closed with an error");
+                return Served::Closed;
+            }
+        }
+    }
+}
+
+struct Conn {
+    socket: Arc<Socket>,
+    /// Bytes read and not yet parsed.
+    buf: BytesMut,
+    /// The response head being written.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// One request and its response; true when the connection stays open for another.
+    async fn exchange(&mut self, head: Head, env: &Env<'_>) -> io::Result<bool> {
+        let Head {
+            parts,
+            framing,
+            keep_alive,
+        } = head;
+        let (head_only, http10) = (
+            parts.method == http::Method::HEAD,
+            parts.version == http::Version::HTTP_10,
+        );
+        let in_flight = env.watch.request(false);
+        let has_body = !matches!(framing, Framing::Length(0));
+        let body = if has_body {
+            ClientBody::Direct {
+                inner: BodyReader::new(self.socket.clone(), std::mem::take(&mut self.buf), framing),
+            }
+        } else {
+            ClientBody::Empty
+        };
+        let request = http::Request::from_parts(parts, body);
+        // Pinned where it is built: the request's future is large, and every move copies it.
+        let handled = pin!(env.gateway.handle(request, env.peer, false));
+        let Some(Ok(response)) = self.unless_client_leaves(handled, has_body).await else {
+            tracing::debug!(peer = %env.peer, "client closed the connection before its response");
+            return Ok(false);
+        };
+        let mut keep_alive = keep_alive
+            && !connection_lists(response.headers(), "close")
+            && env.watch.closing().is_none();
+        let returned = has_body.then(|| self.take_returned());
+        if let Some(returned) = &returned {
+            keep_alive &= match returned {
+                Some(Returned::Done(_)) => true,
+                Some(Returned::Unread(_, framing)) => framing.drainable(MAX_DRAIN),
+                None => false,
+            };
+        }
+        let written = self
+            .respond(response, head_only, http10, keep_alive)
+            .await?;
+        drop(in_flight);
+        match returned {
+            Some(Some(Returned::Done(buf))) => self.buf = buf,
+            Some(Some(Returned::Unread(buf, framing))) if keep_alive => {
+                self.buf = buf;
+                if !self.drain(framing, env.watch).await {
+                    return Ok(false);
+                }
+            }
+            _ => {}
+        }
+        Ok(written && keep_alive)
+    }
+
+    /// Runs `work` unless the client closes the connection first (as hyper does: a request
+    /// whose client left is dropped, giving back what it holds, a queue place say). Looks
+    /// only once the request body is done with the socket; a byte of a pipelined request
+    /// ends the looking, it is read after this response.
+    async fn unless_client_leaves<F: Future>(
+        &self,
+        mut work: Pin<&mut F>,
+        has_body: bool,
+    ) -> Option<F::Output> {
+        let mut looking = true;
+        let socket = &self.socket;
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            let body_done = || {
+                socket
+                    .returned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+            };
+            if looking && (!has_body || body_done()) {
+                let mut byte = [0u8; 1];
+                match socket.tcp.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => looking = false,
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// What the request body left behind, if it is done with the connection.
+    fn take_returned(&self) -> Option<Returned> {
+        self.socket
+            .returned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Writes the response; false when its body failed part way (the client cannot tell
+    /// where it ended, so the connection must close).
+    async fn respond(
+        &mut self,
+        response: Response<Body>,
+        head_only: bool,
+        http10: bool,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = body
+            .size_hint()
+            .exact()
+            .or_else(|| announced_length(&parts.headers));
+        let framing = match length {
+            _ if bodiless => Out::None,
+            Some(n) => Out::Length(n),
+            None if http10 => Out::Close,
+            None => Out::Chunked,
+        };
+        let keep_alive = keep_alive && !matches!(framing, Out::Close);
+        self.out.clear();
+        encode_head(
+            &mut self.out,
+            status,
+            &parts.headers,
+            (framing, length, bodiless),
+            (keep_alive, http10),
+        );
+        if matches!(framing, Out::None) {
+            write_all(&self.socket, &mut [IoSlice::new(&self.out)]).await?;
+            return Ok(true);
+        }
+        let chunked = matches!(framing, Out::Chunked);
+        let mut body = pin!(body);
+        let mut remaining = length.unwrap_or(u64::MAX);
+        let mut head_sent = false;
+        let mut ended = false;
+        loop {
+            let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+                // Nothing yet: the head goes out now rather than wait for the body.
+                Poll::Pending if !head_sent => Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
+                polled => polled,
+            })
+            .await;
+            let data = match frame {
+                None => break,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "response body failed");
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            };
+            if data.len() as u64 > remaining {
+                tracing::debug!("response body longer than its Content-Length");
+                return Ok(false);
+            }
+            remaining -= data.len() as u64;
+            // The last chunk goes out with the last data, not in a write of its own.
+            let last = chunked && body.is_end_stream();
+            let mut size = [0u8; 18];
+            let open: &[u8] = if chunked && !data.is_empty() {
+                chunk_size(data.len(), &mut size)
+            } else {
+                b""
+            };
+            let close: &[u8] = match (chunked && !data.is_empty(), last) {
+                (true, true) => b"\r\n0\r\n\r\n",
+                (true, false) => b"\r\n",
+                (false, true) => b"0\r\n\r\n",
+                (false, false) => b"",
+            };
+            let head: &[u8] = if head_sent { b"" } else { &self.out };
+            if head.is_empty() && data.is_empty() && close.is_empty() {
+                continue;
+            }
+            let mut slices = [
+                IoSlice::new(head),
+                IoSlice::new(open),
+                IoSlice::new(&data),
+                IoSlice::new(close),
+            ];
+            write_all(&self.socket, &mut slices).await?;
+            head_sent = true;
+            ended |= last;
+        }
+        let head: &[u8] = if head_sent { b"" } else { &self.out };
+        let end: &[u8] = if chunked && !ended { b"0\r\n\r\n" } else { b"" };
+        if !(head.is_empty() && end.is_empty()) {
+            write_all(&self.socket, &mut [IoSlice::new(head), IoSlice::new(end)]).await?;
+        }
+        Ok(remaining == 0 || !matches!(framing, Out::Length(_)))
+    }
+
+    /// Reads more into the buffer; false when the connection must close instead (the
+    /// client left, or its watch says so).
+    async fn read_more(&mut self, watch: &Watch) -> bool {
+        let socket = &self.socket;
+        let buf = &mut self.buf;
+        poll_fn(|cx| {
+            if watch.poll_close(cx).is_some() {
+                return Poll::Ready(false);
+            }
+            buf.reserve(HEAD_READ);
+            loop {
+                if ready!(socket.tcp.poll_read_ready(cx)).is_err() {
+                    return Poll::Ready(false);
+                }
+                match crate::http1::read(&socket.tcp, buf) {
+                    Ok(0) => return Poll::Ready(false),
+                    Ok(_) => {
+                        socket.activity.bump();
+                        return Poll::Ready(true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Poll::Ready(false),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads and drops the rest of a request body nobody read; false if the connection
+    /// closed first.
+    async fn drain(&mut self, mut framing: Framing, watch: &Watch) -> bool {
+        loop {
+            match framing.skip(&mut self.buf) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(why) => {
+                    tracing::debug!(why, "unread request body malformed");
+                    return false;
+                }
+            }
+            if !self.read_more(watch).await {
+                return false;
+            }
+        }
+    }
+
+    /// Gives the socket and what was read from it to hyper.
+    fn hand_off(self) -> Served {
+        match Arc::try_unwrap(self.socket) {
+            Ok(socket) => Served::HandOff(socket.tcp, self.buf),
+            // A request body from an earlier request still holds it: cannot happen once
+            // that body was done, and a connection with an unfinished one closes.
+            Err(_) => Served::Closed,
+        }
+    }
+}
+
+/// How the response body is framed.
+#[derive(Clone, Copy)]
+enum Out {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0, size unknown).
+    Close,
+}
+
+/// The status line and headers, with this server's framing and connection headers.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    (framing, length, bodiless): (Out, Option<u64>, bool),
+    (keep_alive, http10): (bool, bool),
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        // A bodiless response keeps the length it describes (of the GET, or the cached
+        // body); otherwise the framing below is the only one.
+        if (name == header::CONTENT_LENGTH && !bodiless)
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !headers.contains_key(header::DATE) {
+        date::write(out);
+    }
+    match framing {
+        Out::Length(n) => line(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        Out::Chunked => line(out, b"transfer-encoding", b"chunked"),
+        // HEAD: the length the GET would have, when the response does not say it.
+        Out::None if !headers.contains_key(header::CONTENT_LENGTH) && status.is_success() => {
+            if let Some(n) = length.filter(|&n| n > 0) {
+                line(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
+            }
+        }
+        Out::None | Out::Close => {}
+    }
+    if !keep_alive && !http10 {
+        line(out, b"connection", b"close");
+    } else if keep_alive && http10 {
+        line(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response's own `Content-Length`, when it has one that parses.
+fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Writes all of `slices` to the client.
+async fn write_all(socket: &Socket, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match socket.tcp.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                socket.activity.bump();
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.tcp.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `Date` header, formatted once a second per thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+
+    /// Writes `date: <IMF-fixdate>\r\n`.
+    pub fn write(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != second {
+                let text = httpdate::fmt_http_date(now);
+                if text.len() == 29 {
+                    cached.1.copy_from_slice(text.as_bytes());
+                    cached.0 = second;
+                }
+            }
+            super::line(out, b"date", &cached.1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
