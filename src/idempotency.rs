@@ -221,6 +221,18 @@ impl Idempotency {
         Self { store }
     }
 
+    /// Whether `route` takes idempotency keys at all; when not, [`Idempotency::begin`] has
+    /// nothing to do (and the request path need not build its future).
+    pub fn applies(config: &Config, route: Option<usize>) -> bool {
+        route.is_some_and(|r| {
+            config
+                .idempotency
+                .routes
+                .get(r)
+                .is_some_and(Option::is_some)
+        })
+    }
+
     /// Decides what happens to a request before any limit is checked: forwarded with a
     /// claim to fill (first request), forwarded untouched (no rule or no key), or answered
     /// here (replay, 409, 422, 413). Reads the body when a key is present, to hash it.

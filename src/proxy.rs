@@ -194,16 +194,20 @@ impl Gateway {
 
         // Before the limiter: a replay is not forwarded and takes no quota.
         let limits = policy.limits(profile, route);
-        let (body, pending) = match self
-            .idempotency
-            .begin(config, route, &identity, client_ip, &parts, body, now)
-            .await
-        {
-            Ok(forward) => forward,
-            Err(early) => {
-                return Ok(self
-                    .answer(early, &reply, limits, &identity, client_ip)
-                    .await)
+        let (body, pending) = if !Idempotency::applies(config, route) {
+            (body, Pending::none())
+        } else {
+            match self
+                .idempotency
+                .begin(config, route, &identity, client_ip, &parts, body, now)
+                .await
+            {
+                Ok(forward) => forward,
+                Err(early) => {
+                    return Ok(self
+                        .answer(early, &reply, limits, &identity, client_ip)
+                        .await)
+                }
             }
         };
         let Some(limits) = limits else {

@@ -58,6 +58,13 @@ pub fn requested(parts: &Parts) -> Option<&HeaderValue> {
     parts.headers.get(header::UPGRADE)
 }
 
+/// [`requested`], for a request the request path has been through: only upgrade requests
+/// carry a [`Hold`], so every other request is told apart by one extension lookup.
+pub fn requested_here(parts: &Parts) -> Option<&HeaderValue> {
+    parts.extensions.get::<Hold>()?;
+    requested(parts)
+}
+
 /// The client side of a tunnel that may open, taken from an upgrade request.
 pub struct Tunnel {
     client: OnUpgrade,
@@ -67,7 +74,7 @@ pub struct Tunnel {
 impl Tunnel {
     /// Takes the client's pending upgrade out of an upgrade request's extensions.
     pub fn take(parts: &mut Parts) -> Option<Tunnel> {
-        requested(parts)?;
+        requested_here(parts)?;
         let client = parts.extensions.remove::<OnUpgrade>()?;
         let hold = parts.extensions.get::<Hold>().cloned().unwrap_or_default();
         Some(Tunnel { client, hold })

@@ -136,15 +136,15 @@ impl Upstream {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
             UpstreamTarget::Http(base) => base,
         };
-        let upgrade = crate::tunnel::requested(&parts).cloned();
+        let upgrade = crate::tunnel::requested_here(&parts).cloned();
         prepare_request(&mut parts, forwarded, &self.settings.host, base);
         if let (Some(direct), None) = (&self.direct, &upgrade) {
             let response = direct
                 .send(&parts, body, self.settings.timeout)
                 .await
                 .map_err(|error| self.classify_direct(error))?;
-            let (mut parts, body) = response.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
+            // The client left the hop-by-hop headers out of the map already.
+            let (parts, body) = response.into_parts();
             return Ok(Response::from_parts(parts, Body::direct(body)));
         }
         parts.uri = join(base, &parts.uri);
@@ -157,12 +157,17 @@ impl Upstream {
             keep_upgrade(&mut parts.headers, protocol);
         }
         let request = Request::from_parts(parts, body);
-        let response =
-            match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
-                Err(_) => return Err(UpstreamError::Timeout(self.settings.timeout)),
-                Ok(Err(error)) => return Err(classify(error, self.settings.connect_timeout)),
-                Ok(Ok(response)) => response,
-            };
+        // Boxed: with a plain `http://` upstream this branch is cold, and its future would
+        // otherwise grow every request's future (copied whole at each `.await`).
+        let sent = Box::pin(tokio::time::timeout(
+            self.settings.timeout,
+            self.client.request(request),
+        ));
+        let response = match sent.await {
+            Err(_) => return Err(UpstreamError::Timeout(self.settings.timeout)),
+            Ok(Err(error)) => return Err(classify(error, self.settings.connect_timeout)),
+            Ok(Ok(response)) => response,
+        };
         let (mut parts, body) = response.into_parts();
         let switched = (parts.status == http::StatusCode::SWITCHING_PROTOCOLS)
             .then(|| parts.headers.get(header::UPGRADE).cloned())
@@ -327,31 +332,52 @@ fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// Whether a header describes one connection, not the message (RFC 9110 §7.6.1), by its
+/// name as it arrived (any case).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    NAMES.iter().any(|hop| hop.eq_ignore_ascii_case(name))
+}
+
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let hop_by_hop = |name: &HeaderName| {
-        matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-        )
-    };
+    let hop_by_hop = |name: &HeaderName| is_hop_by_hop(name.as_str().as_bytes());
     // One pass over the names, removing only those present: most messages carry none, and
     // most of the rest (every response from an nginx upstream) just `Connection`. Without
     // allocating: this runs for every request and every response.
-    let connection = headers.contains_key(header::CONNECTION);
-    let doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
+    let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| hop_by_hop(name) || (connection && connection_lists(headers, name.as_str())))
+        .filter(|name| hop_by_hop(name))
         .cloned()
         .collect();
+    // The names `Connection` lists too, read once (`keep-alive` and `close` name nothing
+    // else, or a hop-by-hop header already gone).
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
+            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if headers.contains_key(&name) && !doomed.contains(&name) {
+                    doomed.push(name);
+                }
+            }
+        }
+    }
     for name in doomed {
         headers.remove(name);
     }

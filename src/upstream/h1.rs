@@ -37,7 +37,6 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
-use super::connection_lists;
 use crate::body::RequestBody;
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::{chunk_size, read};
@@ -135,7 +134,10 @@ impl Client {
             let (conn, reused) = match self.pool.take(now) {
                 Some(conn) => (conn, true),
                 None => {
-                    let connect = tokio::time::timeout_at(deadline, self.connect());
+                    // Boxed: connecting is rare with a warm pool, and its future (the name
+                    // lookup included) would otherwise grow every request's future, which
+                    // is copied whole at each `.await` on the way here.
+                    let connect = tokio::time::timeout_at(deadline, Box::pin(self.connect()));
                     (connect.await.map_err(|_| Error::Timeout(timeout))??, false)
                 }
             };
@@ -416,7 +418,8 @@ impl Conn {
             None => {
                 self.write(&mut [IoSlice::new(head)], false).await?;
             }
-            Some(body) => complete = self.send_body(head, body).await?,
+            // Boxed for the same reason as connecting: bodiless requests need none of it.
+            Some(body) => complete = Box::pin(self.send_body(head, body)).await?,
         }
         let mut parsed = self.read_head(method).await?;
         parsed.reusable &= complete;
@@ -584,30 +587,55 @@ impl Conn {
                 "101 to a request that asked for no upgrade",
             ));
         }
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Hop-by-hop headers are read here and never enter the map (the proxy would only
+        // remove them again); `Connection` also names what else goes.
+        let (mut close, mut keep_alive) = (false, false);
+        let mut coding: Option<&[u8]> = None;
+        let mut listed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+        // Room for the limit headers and the request id the proxy adds: growing a map
+        // rehashes it.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 6);
         for (name, name_len, value, value_len) in spans {
-            let name = HeaderName::from_bytes(&bytes[name..name + name_len])
-                .map_err(|_| Error::Protocol("invalid header name"))?;
+            let (name, value_bytes) = (
+                &bytes[name..name + name_len],
+                &bytes[value..value + value_len],
+            );
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in value_bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if let Ok(name) = HeaderName::from_bytes(token) {
+                        listed.push(name);
+                    }
+                }
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                coding = value_bytes.rsplit(|&b| b == b',').next();
+                continue;
+            }
+            if crate::upstream::is_hop_by_hop(name) {
+                continue;
+            }
+            let name =
+                HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
                 .map_err(|_| Error::Protocol("invalid header value"))?;
             headers.append(name, value);
         }
-        let mut reusable = if minor == 0 {
-            connection_lists(&headers, "keep-alive")
-        } else {
-            !connection_lists(&headers, "close")
-        };
+        for name in listed {
+            headers.remove(name);
+        }
+        let mut reusable = if minor == 0 { keep_alive } else { !close };
         let framing = if method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if let Some(codings) = headers.get(header::TRANSFER_ENCODING) {
-            let chunked = codings
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if let Some(last) = coding {
+            let chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             // Transfer-Encoding overrides a Content-Length sent with it, which must not
             // reach the client; a message with both is suspect, so its connection is not
             // reused (RFC 9112 §6.3).

@@ -171,7 +171,9 @@ fn build(
     names: Names,
 ) -> Option<Parts> {
     let uri = Uri::from_maybe_shared(head.slice(target)).ok()?;
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for the request id and the forwarding headers the proxy adds: growing a map
+    // rehashes it.
+    let mut headers = HeaderMap::with_capacity(names.len() + 6);
     for (name, value) in names {
         let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
         headers.append(name, value);

@@ -206,10 +206,26 @@ async fn chunked_responses_are_decoded_and_the_connection_reused() {
     let up = upstream(&[chunked, OK]).await;
     let client = client(&up);
     let response = send(&client, &get("/")).await.unwrap();
-    assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    // The framing is this connection's: the client re-frames the body for its own.
+    assert!(!response.headers().contains_key("transfer-encoding"));
     assert_eq!(text(response).await, "abcde");
     let response = send(&client, &get("/")).await.unwrap();
     assert_eq!(text(response).await, "ok");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_those_connection_names_stay_out_of_the_response() {
+    let head = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Local\r\nKeep-Alive: timeout=5\r\nX-Local: 1\r\nUpgrade: h2\r\nX-Kept: 2\r\ncontent-length: 2\r\n\r\nok";
+    let up = upstream(&[head, OK]).await;
+    let client = client(&up);
+    let response = send(&client, &get("/")).await.unwrap();
+    let mut names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-kept"]);
+    assert_eq!(text(response).await, "ok");
+    // `keep-alive` in `Connection` did not close it.
+    text(send(&client, &get("/")).await.unwrap()).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
