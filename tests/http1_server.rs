@@ -1,29 +1,39 @@
 //! sluice's own HTTP/1.1 server on the wire, with raw sockets: pipelined requests answered
 //! in order, request bodies by length and by chunks, a rejected request's unread body
-//! drained (small) or the connection closed (large), HEAD, HTTP/1.0 clients, and requests
+//! drained (small) or the connection closed (large), HEAD, HTTP/1.0 clients, responses of
+//! unannounced length (chunked, or to the close for HTTP/1.0), and requests
 //! handed to hyper part way through a connection (`Expect: 100-continue`), after which
 //! the connection keeps working.
 
 mod support;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
 use support::Sluice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An upstream answering `METHOD PATH: N bytes` for the request body it read.
+/// An upstream answering `METHOD PATH: N bytes` for the request body it read, and
+/// `/stream` with a body of unannounced length (chunked).
 async fn echo_upstream() -> SocketAddr {
     support::serve(|request: http::Request<hyper::body::Incoming>| async move {
+        if request.uri() == "/stream" {
+            let frames = ["str", "eamed"].map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from(s))));
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            return hyper::Response::new(body.boxed());
+        }
         let line = format!("{} {}", request.method(), request.uri());
         let text = match request.into_body().collect().await {
             Ok(body) => format!("{line}: {} bytes", body.to_bytes().len()),
             Err(e) => format!("{line}: broken body: {e}"),
         };
-        hyper::Response::new(Full::new(Bytes::from(text)))
+        hyper::Response::new(Full::new(Bytes::from(text)).boxed())
     })
     .await
 }
@@ -228,6 +238,39 @@ async fn http10_clients_get_keep_alive_only_when_they_ask() {
     let last = read_response(&mut tcp, &mut buf, false).await;
     assert_eq!(last.status(), 200);
     assert!(closes(&mut tcp).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unannounced_length_is_chunked_or_for_http10_ends_with_the_connection() {
+    let (sluice, _dir) = start().await;
+    let mut tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    tcp.write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\nX-API-Key: k1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"0\r\n\r\n") {
+        fill(&mut tcp, &mut buf).await;
+    }
+    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n3\r\nstr\r\n5\r\neamed\r\n0\r\n\r\n"),
+        "{text}"
+    );
+
+    // HTTP/1.0 has no chunks: the body ends with the connection, keep-alive or not.
+    let mut tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    tcp.write_all(b"GET /stream HTTP/1.0\r\nX-API-Key: k1\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut all))
+        .await
+        .expect("the connection closes after the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.ends_with("\r\n\r\nstreamed"), "{text}");
+    assert!(!text.contains("connection: keep-alive"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

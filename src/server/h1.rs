@@ -172,13 +172,13 @@ impl Conn {
                 None => false,
             };
         }
-        let written = self
+        let reusable = self
             .respond(response, head_only, http10, keep_alive)
             .await?;
         drop(in_flight);
         match returned {
             Some(Some(Returned::Done(buf))) => self.buf = buf,
-            Some(Some(Returned::Unread(buf, framing))) if keep_alive => {
+            Some(Some(Returned::Unread(buf, framing))) if reusable => {
                 self.buf = buf;
                 if !self.drain(framing, env.watch).await {
                     return Ok(false);
@@ -186,7 +186,7 @@ impl Conn {
             }
             _ => {}
         }
-        Ok(written && keep_alive)
+        Ok(reusable)
     }
 
     /// Runs `work` unless the client closes the connection first (as hyper does: a request
@@ -233,8 +233,9 @@ impl Conn {
             .take()
     }
 
-    /// Writes the response; false when its body failed part way (the client cannot tell
-    /// where it ended, so the connection must close).
+    /// Writes the response; true when the connection can take another request (false when
+    /// it must close: asked to, a body that ends with the connection, or a body that failed
+    /// part way, where the client cannot tell where it ended).
     async fn respond(
         &mut self,
         response: Response<Body>,
@@ -269,7 +270,7 @@ impl Conn {
         );
         if matches!(framing, Out::None) {
             write_all(&self.socket, &mut [IoSlice::new(&self.out)]).await?;
-            return Ok(true);
+            return Ok(keep_alive);
         }
         let chunked = matches!(framing, Out::Chunked);
         let mut body = pin!(body);
@@ -329,7 +330,7 @@ impl Conn {
         if !(head.is_empty() && end.is_empty()) {
             write_all(&self.socket, &mut [IoSlice::new(head), IoSlice::new(end)]).await?;
         }
-        Ok(remaining == 0 || !matches!(framing, Out::Length(_)))
+        Ok(keep_alive && (remaining == 0 || !matches!(framing, Out::Length(_))))
     }
 
     /// Reads more into the buffer; false when the connection must close instead (the
