@@ -1,6 +1,9 @@
 //! Accepting connections: the accept loop, TLS termination, per-connection HTTP (HTTP/1.1
 //! with keep-alive and upgrades, HTTP/2 by ALPN over TLS or with prior knowledge in the
 //! clear), the limits that protect the listener from hostile clients, and graceful shutdown.
+//! Cleartext connections start on sluice's own HTTP/1.1 server ([`h1`]), which hands a
+//! connection to hyper's (with the bytes it read) at the first request it does not serve
+//! itself; TLS connections are hyper's from the start.
 //!
 //! Limits (`limits` in the config):
 //! - `max_connections`: each connection holds a permit for as long as its socket is open
