@@ -1,7 +1,7 @@
 //! What both HTTP/1.1 sides of sluice share: sluice's own server for cleartext clients
 //! ([`crate::server`]) and its own client for `http://` upstreams ([`crate::upstream`]).
-//! Chunked bodies ([`chunked`]) and the socket read that tells tokio when a socket is
-//! drained. Owns no connection and no request.
+//! Chunked bodies ([`chunked`]), list-header tokens, `Content-Length` values and the socket
+//! read that tells tokio when a socket is drained. Owns no connection and no request.
 
 use std::io;
 
@@ -28,6 +28,20 @@ pub fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         Err(e) => Err(e),
         Ok(()) => Ok(read),
     }
+}
+
+/// The comma-separated elements of a list header (`Connection`, `Transfer-Encoding`,
+/// `Content-Length` repeated), trimmed of whitespace.
+pub fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// One `Content-Length` value: digits only.
+pub fn length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The hex size line of a chunk of `len` bytes, written into `out`.

@@ -363,11 +363,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // The names `Connection` lists too, read once (`keep-alive` and `close` name nothing
     // else, or a hop-by-hop header already gone).
     for value in headers.get_all(header::CONNECTION) {
-        for token in value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-        {
+        for token in crate::http1::tokens(value.as_bytes()) {
             if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
                 continue;
             }
@@ -388,9 +384,8 @@ pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| crate::http1::tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The demo upstream: a small JSON echo, so a newcomer sees traffic without an API.

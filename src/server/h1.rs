@@ -43,7 +43,6 @@ use super::watch::Watch;
 use crate::body::{Body, ClientBody};
 use crate::http1::chunk_size;
 use crate::proxy::Gateway;
-use crate::upstream::connection_lists;
 
 pub use body::BodyReader;
 use head::{Framing, Head};
@@ -161,9 +160,7 @@ impl Conn {
             tracing::debug!(peer = %env.peer, "client closed the connection before its response");
             return Ok(false);
         };
-        let mut keep_alive = keep_alive
-            && !connection_lists(response.headers(), "close")
-            && env.watch.closing().is_none();
+        let mut keep_alive = keep_alive && env.watch.closing().is_none();
         let returned = has_body.then(|| self.take_returned());
         if let Some(returned) = &returned {
             keep_alive &= match returned {
@@ -261,7 +258,7 @@ impl Conn {
         };
         let keep_alive = keep_alive && !matches!(framing, Out::Close);
         self.out.clear();
-        encode_head(
+        let keep_alive = encode_head(
             &mut self.out,
             status,
             &parts.headers,
@@ -403,31 +400,38 @@ enum Out {
     Close,
 }
 
-/// The status line and headers, with this server's framing and connection headers.
+/// The status line and headers, with this server's framing and connection headers;
+/// returns whether the connection stays open (`keep_alive`, unless the response says close).
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     (framing, length, bodiless): (Out, Option<u64>, bool),
-    (keep_alive, http10): (bool, bool),
-) {
+    (mut keep_alive, http10): (bool, bool),
+) -> bool {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for (name, value) in headers {
-        // A bodiless response keeps the length it describes (of the GET, or the cached
-        // body); otherwise the framing below is the only one.
-        if (name == header::CONTENT_LENGTH && !bodiless)
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
+        // The connection headers below are this server's own; a response that asks to
+        // close is closed.
+        if name == header::CONNECTION {
+            keep_alive &= !crate::http1::tokens(value.as_bytes())
+                .any(|token| token.eq_ignore_ascii_case(b"close"));
             continue;
         }
+        // A bodiless response keeps the length it describes (of the GET, or the cached
+        // body); otherwise the framing below is the only one.
+        if (name == header::CONTENT_LENGTH && !bodiless) || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        dated |= name == header::DATE;
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         date::write(out);
     }
     match framing {
@@ -455,6 +459,7 @@ fn encode_head(
         line(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
+    keep_alive
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -601,7 +601,7 @@ impl Conn {
                 &bytes[value..value + value_len],
             );
             if name.eq_ignore_ascii_case(b"connection") {
-                for token in value_bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                for token in crate::http1::tokens(value_bytes) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -613,7 +613,7 @@ impl Conn {
                 continue;
             }
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                coding = value_bytes.rsplit(|&b| b == b',').next();
+                coding = crate::http1::tokens(value_bytes).next_back();
                 continue;
             }
             if crate::upstream::is_hop_by_hop(name) {
@@ -635,7 +635,7 @@ impl Conn {
         {
             Framing::Length(0)
         } else if let Some(last) = coding {
-            let chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            let chunked = last.eq_ignore_ascii_case(b"chunked");
             // Transfer-Encoding overrides a Content-Length sent with it, which must not
             // reach the client; a message with both is suspect, so its connection is not
             // reused (RFC 9112 §6.3).
@@ -692,15 +692,8 @@ async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool, Error>
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err(Error::Protocol("invalid content-length"));
-            }
-            let n = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Error::Protocol("invalid content-length"))?;
+        for part in crate::http1::tokens(value.as_bytes()) {
+            let n = crate::http1::length(part).ok_or(Error::Protocol("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Protocol("conflicting content-length"));
             }

@@ -111,7 +111,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, Uns
     for header in request.headers.iter() {
         let (name, value) = (header.name.as_bytes(), header.value);
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_length(value).ok_or(Unsupported)?;
+            let n = crate::http1::length(value.trim_ascii()).ok_or(Unsupported)?;
             if length.is_some_and(|seen| seen != n) {
                 return Err(Unsupported);
             }
@@ -122,7 +122,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, Uns
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in crate::http1::tokens(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -184,15 +184,6 @@ fn build(
     parts.version = version;
     parts.headers = headers;
     Some(parts)
-}
-
-/// A `Content-Length` value: digits only (optional whitespace around them).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
