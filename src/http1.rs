@@ -1,6 +1,6 @@
 //! What both HTTP/1.1 sides of sluice share: sluice's own server for cleartext clients
 //! ([`crate::server`]) and its own client for `http://` upstreams ([`crate::upstream`]).
-//! Chunked bodies ([`chunked`]), list-header tokens, `Content-Length` values and the socket
+//! Chunked bodies ([`chunked`]), header lines, list-header tokens, `Content-Length` values and the socket
 //! read that tells tokio when a socket is drained. Owns no connection and no request.
 
 use std::io;
@@ -9,6 +9,14 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 pub mod chunked;
+
+/// Writes the header line `name: value\r\n`.
+pub fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// Reads what has arrived into `buf`'s spare capacity. A read that leaves some of it empty
 /// has drained the socket, so tokio is told to wait for the next readiness event rather

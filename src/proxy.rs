@@ -6,13 +6,10 @@
 //! upstream's response) or renders the configured reply. Nothing here knows how limits
 //! count or where counters live.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 
 use crate::body::{Body, ClientBody, RequestBody};
@@ -26,16 +23,18 @@ use crate::limiter::store::redis::RedisSlots;
 use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
-use crate::response::{Context, Rejection};
+use crate::response::{Context, LimitHeaders, Rejection};
 use crate::telemetry::{self, Timers, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
 mod enforce;
+mod stamp;
 
 use enforce::Enforced;
+pub use stamp::{RequestId, RequestIds, Stamp, X_REQUEST_ID};
 
-/// `X-Request-Id`.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A response on its way out, with its rate-limit headers beside it (see [`Stamp`]).
+type Answer = (Response<Body>, LimitHeaders);
 
 /// One config generation with the upstream client built for it; swapped whole on reload.
 pub struct Snapshot {
@@ -121,20 +120,21 @@ impl Gateway {
         self
     }
 
-    /// Handles one request from `peer`, which came over TLS when `tls`.
+    /// Handles one request from `peer`, which came over TLS when `tls`. The response goes
+    /// out with the stamp's headers added.
     pub async fn handle(
         &self,
         request: Request<ClientBody>,
         peer: SocketAddr,
         tls: bool,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> (Response<Body>, Stamp) {
         let snapshot = self.snapshot.load_full();
         let config = &snapshot.config;
         let policy = &config.policy;
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
         crate::tunnel::Hold::attach(&mut parts);
-        let request_id = self.request_ids.ensure(&mut parts.headers);
+        let request_id = self.request_ids.of(&parts.headers);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
         let route = policy.find(&parts);
@@ -142,7 +142,7 @@ impl Gateway {
             config,
             route,
             plan: None,
-            request_id: &request_id,
+            request_id,
             now,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -152,12 +152,12 @@ impl Gateway {
         // one that grows past it unannounced is cut off on its way upstream.
         let max_body = route.and_then(|r| policy.routes[r].max_body);
         if max_body.is_some_and(|max| announced_length(&parts.headers) > max) {
-            return Ok(self.finish(
+            return self.finish(
                 reply.reject(Rejection::PayloadTooLarge, None, &[]),
-                &reply,
+                reply,
                 Verdict::TooLarge,
                 false,
-            ));
+            );
         }
         let body = RequestBody::new(body, max_body);
 
@@ -173,23 +173,23 @@ impl Gateway {
                     }
                     Unidentified::NoKey => {}
                 }
-                return Ok(self.finish(
+                return self.finish(
                     reply.reject(Rejection::Unauthorized, None, &[]),
-                    &reply,
+                    reply,
                     Verdict::Unauthorized,
                     false,
-                ));
+                );
             }
         };
         let profile = policy.profile(&identity);
         reply.plan = Some(profile.plan_index);
         if !profile.access {
-            return Ok(self.finish(
+            return self.finish(
                 reply.reject(Rejection::Denied, None, &[]),
-                &reply,
+                reply,
                 Verdict::Denied,
                 false,
-            ));
+            );
         }
 
         // Before the limiter: a replay is not forwarded and takes no quota.
@@ -204,9 +204,9 @@ impl Gateway {
             {
                 Ok(forward) => forward,
                 Err(early) => {
-                    return Ok(self
-                        .answer(early, &reply, limits, &identity, client_ip)
-                        .await)
+                    return self
+                        .answer(early, reply, limits, &identity, client_ip)
+                        .await
                 }
             }
         };
@@ -223,7 +223,7 @@ impl Gateway {
                     &reply,
                 )
                 .await;
-            return Ok(self.finish(response, &reply, Verdict::Exempt, false));
+            return self.finish(response, reply, Verdict::Exempt, false);
         };
         let enforced = self
             .enforce(
@@ -237,7 +237,7 @@ impl Gateway {
             .await;
         let (decision, permit, verdict) = match enforced {
             Enforced::Reject(response, verdict) => {
-                return Ok(self.finish(response, &reply, verdict, false));
+                return self.finish(response, reply, verdict, false);
             }
             Enforced::Forward {
                 decision,
@@ -261,7 +261,7 @@ impl Gateway {
                 &reply,
             )
             .await;
-        Ok(self.finish(response, &reply, verdict, near_limit))
+        self.finish(response, reply, verdict, near_limit)
     }
 
     /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
@@ -269,11 +269,11 @@ impl Gateway {
     async fn answer(
         &self,
         early: Early,
-        reply: &Reply<'_>,
+        reply: Reply<'_>,
         limits: Option<&[Limit]>,
         identity: &Identity,
         client_ip: std::net::IpAddr,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Stamp) {
         let limits = limits.unwrap_or(&[]);
         let mut decision = Decision::allow_all();
         if !limits.is_empty() {
@@ -287,11 +287,9 @@ impl Gateway {
         }
         let (response, verdict) = match early {
             Early::Replay(record) => {
-                let mut response = record.replay();
-                let headers = response.headers_mut();
                 let responses = &reply.config.responses;
-                responses.write_limit_headers(headers, Some(&decision), limits, reply.now);
-                (response, Verdict::Replayed)
+                let headers = responses.limit_headers(Some(&decision), limits, reply.now);
+                ((record.replay(), headers), Verdict::Replayed)
             }
             Early::Refuse(rejection) => (
                 reply.reject(rejection, Some(&decision), limits),
@@ -303,7 +301,7 @@ impl Gateway {
             Early::Unreadable => {
                 let mut response = Response::new(Body::empty());
                 *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                (response, Verdict::Refused)
+                ((response, LimitHeaders::default()), Verdict::Refused)
             }
         };
         self.finish(response, reply, verdict, false)
@@ -322,7 +320,7 @@ impl Gateway {
         (decision, limits): (Option<&Decision>, &[Limit]),
         held: Option<Held>,
         reply: &Reply<'_>,
-    ) -> Response<Body> {
+    ) -> Answer {
         if let (Some(held), Some(hold)) = (&held, parts.extensions.get::<crate::tunnel::Hold>()) {
             // An upgrade keeps its concurrency slots for the life of the tunnel, not the
             // (empty) body of the 101.
@@ -334,6 +332,11 @@ impl Gateway {
             proto: if tls { "https" } else { "http" },
         };
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
+        if reply.request_id.generated() {
+            parts
+                .headers
+                .insert(X_REQUEST_ID, reply.request_id.header_value());
+        }
         let started = self.clock.now();
         let result = pending
             .forward(&snapshot.upstream, parts, body, forwarded)
@@ -349,13 +352,11 @@ impl Gateway {
                 if let Some(held) = held {
                     response.body_mut().hold(held);
                 }
-                snapshot.config.responses.write_limit_headers(
-                    response.headers_mut(),
-                    decision,
-                    limits,
-                    reply.now,
-                );
-                response
+                let headers = snapshot
+                    .config
+                    .responses
+                    .limit_headers(decision, limits, reply.now);
+                (response, headers)
             }
             Err(UpstreamError::BodyTooLarge(error)) => {
                 tracing::debug!(%error, request_id = reply.request_id(), "request body cut off");
@@ -375,14 +376,11 @@ impl Gateway {
 
     fn finish(
         &self,
-        mut response: Response<Body>,
-        reply: &Reply<'_>,
+        (response, limits): Answer,
+        reply: Reply<'_>,
         verdict: Verdict,
         near_limit: bool,
-    ) -> Response<Body> {
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, reply.request_id.clone());
+    ) -> (Response<Body>, Stamp) {
         let config = reply.config;
         config.metrics.record(
             config.policy.routes.len(),
@@ -394,7 +392,11 @@ impl Gateway {
         self.timers
             .request
             .record(nanos_to_secs(self.clock.now().saturating_sub(reply.now)));
-        response
+        let stamp = Stamp {
+            request_id: reply.request_id,
+            limits,
+        };
+        (response, stamp)
     }
 }
 
@@ -403,8 +405,7 @@ struct Reply<'a> {
     config: &'a Config,
     route: Option<usize>,
     plan: Option<usize>,
-    /// Visible ASCII (see `RequestIds::ensure`).
-    request_id: &'a HeaderValue,
+    request_id: RequestId,
     now: Nanos,
     method: http::Method,
     uri: http::Uri,
@@ -412,11 +413,11 @@ struct Reply<'a> {
 
 impl Reply<'_> {
     fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or_default()
+        self.request_id.as_str()
     }
 
     /// The penalty box's 429: `Retry-After` and the reset are the end of the block.
-    fn penalised(&self, until: Nanos) -> Response<Body> {
+    fn penalised(&self, until: Nanos) -> Answer {
         let blocked = Outcome {
             allowed: false,
             limit: 0,
@@ -439,7 +440,7 @@ impl Reply<'_> {
         rejection: Rejection,
         decision: Option<&Decision>,
         limits: &[Limit],
-    ) -> Response<Body> {
+    ) -> Answer {
         let policy = &self.config.policy;
         let context = Context {
             decision,
@@ -470,61 +471,4 @@ fn announced_length(headers: &http::HeaderMap) -> u64 {
 
 fn nanos_to_secs(nanos: Nanos) -> f64 {
     nanos as f64 / 1e9
-}
-
-/// Request ids: the client's when it sent a usable one, else a per-process random prefix
-/// and a counter (unique, and cheap: no randomness per request).
-struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        Self {
-            prefix: rand::random(),
-            next: AtomicU64::new(rand::random::<u32>().into()),
-        }
-    }
-
-    /// Returns the request's id (visible ASCII), setting the header when the client sent
-    /// none.
-    fn ensure(&self, headers: &mut http::HeaderMap) -> HeaderValue {
-        if let Some(id) = headers.get(&X_REQUEST_ID) {
-            if id.to_str().is_ok() && !id.is_empty() && id.len() <= 200 {
-                return id.clone();
-            }
-        }
-        let mut hex = [0u8; 32];
-        let counter = self.next.fetch_add(1, Ordering::Relaxed);
-        for (i, digit) in hex.iter_mut().enumerate() {
-            let word = if i < 16 { self.prefix } else { counter };
-            *digit = b"0123456789abcdef"[((word >> (4 * (15 - i % 16))) & 0xf) as usize];
-        }
-        let id = HeaderValue::from_bytes(&hex).expect("hex is a valid header value");
-        headers.insert(X_REQUEST_ID, id.clone());
-        id
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_request_ids_are_the_prefix_and_the_counter_in_hex() {
-        let ids = RequestIds {
-            prefix: 0x0123_4567_89ab_cdef,
-            next: AtomicU64::new(0xff),
-        };
-        let mut headers = http::HeaderMap::new();
-        let id = ids.ensure(&mut headers);
-        assert_eq!(id, "0123456789abcdef00000000000000ff");
-        assert_eq!(headers[&X_REQUEST_ID], id);
-        assert_eq!(ids.ensure(&mut headers), id, "a client's id is kept");
-        assert_eq!(
-            ids.ensure(&mut http::HeaderMap::new()),
-            "0123456789abcdef0000000000000100"
-        );
-    }
 }

@@ -155,23 +155,23 @@ impl Responses {
         }
     }
 
-    /// Adds the rate-limit headers for `decision` (or for no quota at all, on responses
-    /// where no limit was checked, such as 401 and 403).
-    pub fn write_limit_headers(
+    /// The rate-limit headers for `decision` (or for no quota at all, on responses where
+    /// no limit was checked, such as 401 and 403).
+    pub fn limit_headers(
         &self,
-        headers: &mut HeaderMap,
         decision: Option<&Decision>,
         limits: &[Limit],
         now: Nanos,
-    ) {
+    ) -> LimitHeaders {
+        let mut headers = LimitHeaders::default();
         if self.style == HeaderStyle::None {
-            return;
+            return headers;
         }
         let headline = decision.and_then(|d| d.headline.map(|i| (&d.outcomes[i], limits.get(i))));
         let (outcome, limit) = match headline {
             Some((outcome, limit)) => (*outcome, limit),
             // Nothing checked (exempt, fail-open) or only shadow limits: no headers.
-            None if decision.is_some_and(|d| d.allowed) => return,
+            None if decision.is_some_and(|d| d.allowed) => return headers,
             None => (
                 Outcome {
                     allowed: false,
@@ -184,12 +184,11 @@ impl Responses {
             ),
         };
         if matches!(self.style, HeaderStyle::XRatelimit | HeaderStyle::Both) {
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(outcome.limit));
-            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(outcome.remaining));
-            headers.insert(
-                X_RATELIMIT_RESET,
-                HeaderValue::from(self.reset_value(outcome.reset, now)),
-            );
+            headers.x_ratelimit = Some([
+                outcome.limit.into(),
+                outcome.remaining.into(),
+                self.reset_value(outcome.reset, now),
+            ]);
         }
         // The IETF fields name a policy; with no limit checked there is none to name.
         if let (Some(limit), HeaderStyle::Ietf | HeaderStyle::Both) = (limit, self.style) {
@@ -206,21 +205,23 @@ impl Responses {
                 outcome.remaining,
                 ceil_div(outcome.reset.saturating_sub(now), SECOND)
             );
-            if let Ok(v) = HeaderValue::try_from(policy) {
-                headers.insert(RATELIMIT_POLICY, v);
-            }
-            if let Ok(v) = HeaderValue::try_from(current) {
-                headers.insert(RATELIMIT, v);
+            if let (Ok(policy), Ok(current)) = (
+                HeaderValue::try_from(policy),
+                HeaderValue::try_from(current),
+            ) {
+                headers.ietf = Some([policy, current]);
             }
         }
+        headers
     }
 
     fn reset_value(&self, reset: Nanos, now: Nanos) -> u64 {
         Self::reset_in(self.reset, reset, now)
     }
 
-    /// Builds sluice's own response for `rejection`, with headers and rendered body.
-    pub fn render(&self, rejection: Rejection, cx: &Context<'_>) -> Response<Body> {
+    /// Builds sluice's own response for `rejection`: status, content type, configured
+    /// headers and rendered body, with its rate-limit headers beside it.
+    pub fn render(&self, rejection: Rejection, cx: &Context<'_>) -> (Response<Body>, LimitHeaders) {
         let reply = self.reply(rejection);
         let rendering = Rendering {
             cx,
@@ -231,20 +232,82 @@ impl Responses {
         let mut response = Response::new(Body::full(Bytes::from(body)));
         *response.status_mut() = reply.status;
         let headers = response.headers_mut();
-        // Room for what follows and the request id, so the map is allocated once.
-        headers.reserve(8 + reply.headers.len());
         headers.insert(CONTENT_TYPE, reply.content_type.clone());
+        let mut limit_headers = self.limit_headers(cx.decision, cx.limits, cx.now);
         if let Some(decision) = cx.decision.filter(|d| !d.allowed) {
-            headers.insert(
-                RETRY_AFTER,
-                HeaderValue::from(retry_after_seconds(decision.retry_after())),
-            );
+            limit_headers.retry_after = Some(retry_after_seconds(decision.retry_after()));
         }
-        self.write_limit_headers(headers, cx.decision, cx.limits, cx.now);
+        if reply.headers.is_empty() {
+            return (response, limit_headers);
+        }
+        // Configured headers win over the rate-limit ones of the same name.
+        headers.reserve(6 + reply.headers.len());
+        limit_headers.apply(headers);
         for (name, value) in &reply.headers {
             headers.insert(name.clone(), value.clone());
         }
-        response
+        (response, LimitHeaders::default())
+    }
+}
+
+/// The rate-limit headers of one response, kept out of its header map until it is sent:
+/// sluice's HTTP/1.1 server writes them straight into the head ([`LimitHeaders::encode`],
+/// no map inserts, numbers formatted in place), anything else inserts them
+/// ([`LimitHeaders::apply`]). Either way they replace a header of the same name.
+#[derive(Debug, Default)]
+pub struct LimitHeaders {
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    x_ratelimit: Option<[u64; 3]>,
+    /// `RateLimit-Policy` and `RateLimit`.
+    ietf: Option<[HeaderValue; 2]>,
+    /// `Retry-After` (rejections by a limit).
+    retry_after: Option<u64>,
+}
+
+const X_RATELIMIT: [HeaderName; 3] = [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET];
+const IETF: [HeaderName; 2] = [RATELIMIT_POLICY, RATELIMIT];
+
+impl LimitHeaders {
+    /// Inserts the headers into `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        if let Some(retry_after) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        for (name, n) in X_RATELIMIT
+            .into_iter()
+            .zip(self.x_ratelimit.into_iter().flatten())
+        {
+            headers.insert(name, HeaderValue::from(n));
+        }
+        for (name, value) in IETF.into_iter().zip(self.ietf.into_iter().flatten()) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// Whether one of these headers is named `name` (a lowercase header name).
+    pub fn owns(&self, name: &str) -> bool {
+        (self.retry_after.is_some() && name == RETRY_AFTER.as_str())
+            || (self.x_ratelimit.is_some() && X_RATELIMIT.iter().any(|x| x.as_str() == name))
+            || (self.ietf.is_some() && IETF.iter().any(|x| x.as_str() == name))
+    }
+
+    /// Writes the headers as HTTP/1.1 header lines.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut number = |name: &HeaderName, n: u64| {
+            crate::http1::line(out, name.as_str(), itoa::Buffer::new().format(n).as_bytes());
+        };
+        if let Some(retry_after) = self.retry_after {
+            number(&RETRY_AFTER, retry_after);
+        }
+        for (name, n) in X_RATELIMIT
+            .iter()
+            .zip(self.x_ratelimit.into_iter().flatten())
+        {
+            number(name, n);
+        }
+        for (name, value) in IETF.iter().zip(self.ietf.iter().flatten()) {
+            crate::http1::line(out, name.as_str(), value.as_bytes());
+        }
     }
 }
 

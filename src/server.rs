@@ -227,9 +227,9 @@ async fn connection(tcp: TcpStream, cx: Context) {
             let in_flight = watch.request(request.version() == Version::HTTP_2);
             let gateway = gateway.clone();
             async move {
-                let response = gateway
-                    .handle(request.map(Into::into), peer, secure)
-                    .await?;
+                let (mut response, stamp) =
+                    gateway.handle(request.map(Into::into), peer, secure).await;
+                stamp.apply(response.headers_mut());
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         })

@@ -6,11 +6,9 @@
 
 use std::net::IpAddr;
 
-use http::Response;
 use smallvec::SmallVec;
 
 use super::{nanos_to_secs, Gateway, Reply};
-use crate::body::Body;
 use crate::identity::Identity;
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::concurrency::{Permit, Refused};
@@ -39,7 +37,7 @@ pub(super) enum Enforced {
         verdict: Verdict,
     },
     /// Answer this instead.
-    Reject(Response<Body>, Verdict),
+    Reject(super::Answer, Verdict),
 }
 
 impl Gateway {

@@ -44,7 +44,9 @@ fn render(c: &crate::config::Config, d: &Decision) -> Response<Body> {
         method: &Method::POST,
         path: "/messages",
     };
-    c.responses.render(Rejection::Limited, &cx)
+    let (mut response, headers) = c.responses.render(Rejection::Limited, &cx);
+    headers.apply(response.headers_mut());
+    response
 }
 
 async fn body_text(response: Response<Body>) -> String {
@@ -115,7 +117,8 @@ async fn reset_units_and_template_numbers() {
         .unwrap();
     delta
         .responses
-        .write_limit_headers(&mut h, Some(&decision(true)), limits, T);
+        .limit_headers(Some(&decision(true)), limits, T)
+        .apply(&mut h);
     assert_eq!(h["x-ratelimit-reset"], "60");
     assert_eq!(h["x-ratelimit-remaining"], "87");
     assert!(!h.contains_key("ratelimit"), "x-ratelimit only by default");
@@ -125,13 +128,13 @@ async fn reset_units_and_template_numbers() {
 fn unchecked_responses_carry_zero_quota_and_no_ietf_policy() {
     let c = config("  headers: both\n");
     let mut h = HeaderMap::new();
-    c.responses.write_limit_headers(&mut h, None, &[], T);
+    c.responses.limit_headers(None, &[], T).apply(&mut h);
     assert_eq!(h["x-ratelimit-limit"], "0");
     assert_eq!(h["x-ratelimit-remaining"], "0");
     assert!(!h.contains_key("ratelimit-policy"));
     let none = config("  headers: none\n");
     let mut h = HeaderMap::new();
-    none.responses.write_limit_headers(&mut h, None, &[], T);
+    none.responses.limit_headers(None, &[], T).apply(&mut h);
     assert!(h.is_empty());
 }
 
@@ -141,4 +144,68 @@ fn retry_after_is_whole_seconds_rounded_up_never_zero() {
     assert_eq!(retry_after_seconds(1), 1);
     assert_eq!(retry_after_seconds(SECOND), 1);
     assert_eq!(retry_after_seconds(SECOND + 1), 2);
+}
+
+fn context<'a>(d: &'a Decision, limits: &'a [Limit]) -> Context<'a> {
+    Context {
+        decision: Some(d),
+        limits,
+        route: "send",
+        plan: "pro",
+        request_id: "r",
+        now: T,
+        method: &Method::GET,
+        path: "/",
+    }
+}
+
+#[test]
+fn encoded_lines_say_what_the_applied_headers_say() {
+    let c = config("  headers: both\n");
+    let limits = c.policy.limits(&c.policy.profiles[0], Some(0)).unwrap();
+    let d = decision(false);
+    let (_, headers) = c.responses.render(Rejection::Limited, &context(&d, limits));
+    let mut out = Vec::new();
+    headers.encode(&mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        concat!(
+            "retry-after: 38\r\n",
+            "x-ratelimit-limit: 120\r\n",
+            "x-ratelimit-remaining: 0\r\n",
+            "x-ratelimit-reset: 1752490860\r\n",
+            "ratelimit-policy: \"send\";q=120;w=60\r\n",
+            "ratelimit: \"send\";r=0;t=60\r\n",
+        )
+    );
+    for name in [
+        "retry-after",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert!(headers.owns(name), "{name}");
+    }
+    assert!(!headers.owns("content-type"));
+    let mut map = HeaderMap::new();
+    headers.apply(&mut map);
+    let applied: String = map
+        .iter()
+        .map(|(n, v)| format!("{n}: {}\r\n", v.to_str().unwrap()))
+        .collect();
+    assert_eq!(applied, text);
+}
+
+#[test]
+fn configured_headers_win_over_the_rate_limit_ones() {
+    let c = config("  limited: { headers: { x-ratelimit-limit: custom } }\n");
+    let limits = c.policy.limits(&c.policy.profiles[0], Some(0)).unwrap();
+    let d = decision(false);
+    let (response, headers) = c.responses.render(Rejection::Limited, &context(&d, limits));
+    assert!(!headers.owns("x-ratelimit-limit"), "left in the map");
+    let h = response.headers();
+    assert_eq!(h["x-ratelimit-limit"], "custom");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert_eq!(h["retry-after"], "38");
 }

@@ -41,8 +41,8 @@ use tokio::net::TcpStream;
 use super::io::Activity;
 use super::watch::Watch;
 use crate::body::{Body, ClientBody};
-use crate::http1::chunk_size;
-use crate::proxy::Gateway;
+use crate::http1::{chunk_size, line};
+use crate::proxy::{Gateway, Stamp};
 
 pub use body::BodyReader;
 use head::{Framing, Head};
@@ -156,7 +156,7 @@ impl Conn {
         let request = http::Request::from_parts(parts, body);
         // Pinned where it is built: the request's future is large, and every move copies it.
         let handled = pin!(env.gateway.handle(request, env.peer, false));
-        let Some(Ok(response)) = self.unless_client_leaves(handled, has_body).await else {
+        let Some((response, stamp)) = self.unless_client_leaves(handled, has_body).await else {
             tracing::debug!(peer = %env.peer, "client closed the connection before its response");
             return Ok(false);
         };
@@ -170,7 +170,7 @@ impl Conn {
             };
         }
         let reusable = self
-            .respond(response, head_only, http10, keep_alive)
+            .respond(response, &stamp, head_only, http10, keep_alive)
             .await?;
         drop(in_flight);
         match returned {
@@ -236,6 +236,7 @@ impl Conn {
     async fn respond(
         &mut self,
         response: Response<Body>,
+        stamp: &Stamp,
         head_only: bool,
         http10: bool,
         keep_alive: bool,
@@ -262,6 +263,7 @@ impl Conn {
             &mut self.out,
             status,
             &parts.headers,
+            stamp,
             (framing, length, bodiless),
             (keep_alive, http10),
         );
@@ -400,12 +402,14 @@ enum Out {
     Close,
 }
 
-/// The status line and headers, with this server's framing and connection headers;
-/// returns whether the connection stays open (`keep_alive`, unless the response says close).
+/// The status line and headers, with the stamp's and this server's framing and connection
+/// headers; returns whether the connection stays open (`keep_alive`, unless the response
+/// says close).
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    stamp: &Stamp,
     (framing, length, bodiless): (Out, Option<u64>, bool),
     (mut keep_alive, http10): (bool, bool),
 ) -> bool {
@@ -428,25 +432,29 @@ fn encode_head(
         if (name == header::CONTENT_LENGTH && !bodiless) || name == header::TRANSFER_ENCODING {
             continue;
         }
+        if stamp.owns(name.as_str()) {
+            continue;
+        }
         dated |= name == header::DATE;
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        line(out, name.as_str(), value.as_bytes());
     }
+    stamp.encode(out);
     if !dated {
         date::write(out);
     }
     match framing {
         Out::Length(n) => line(
             out,
-            b"content-length",
+            "content-length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
-        Out::Chunked => line(out, b"transfer-encoding", b"chunked"),
+        Out::Chunked => line(out, "transfer-encoding", b"chunked"),
         // HEAD: the length the GET would have, when the response does not say it.
         Out::None if !headers.contains_key(header::CONTENT_LENGTH) && status.is_success() => {
             if let Some(n) = length.filter(|&n| n > 0) {
                 line(
                     out,
-                    b"content-length",
+                    "content-length",
                     itoa::Buffer::new().format(n).as_bytes(),
                 );
             }
@@ -454,19 +462,12 @@ fn encode_head(
         Out::None | Out::Close => {}
     }
     if !keep_alive && !http10 {
-        line(out, b"connection", b"close");
+        line(out, "connection", b"close");
     } else if keep_alive && http10 {
-        line(out, b"connection", b"keep-alive");
+        line(out, "connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
     keep_alive
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The response's own `Content-Length`, when it has one that parses.
@@ -519,7 +520,7 @@ mod date {
                     cached.0 = second;
                 }
             }
-            super::line(out, b"date", &cached.1);
+            crate::http1::line(out, "date", &cached.1);
         });
     }
 }

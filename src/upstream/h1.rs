@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 use crate::http1::chunked::{Chunked, Decoded};
-use crate::http1::{chunk_size, read};
+use crate::http1::{chunk_size, line, read};
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -239,13 +239,6 @@ impl Client {
             .await?
             .collect())
     }
-}
-
-fn line(head: &mut Vec<u8>, name: &str, value: &[u8]) {
-    head.extend_from_slice(name.as_bytes());
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 /// Methods whose empty body is announced (`Content-Length: 0`), as clients do.
