@@ -330,13 +330,12 @@ impl Gateway {
             peer: peer.ip(),
             peer_trusted: snapshot.config.policy.identifier.is_trusted(peer.ip()),
             proto: if tls { "https" } else { "http" },
+            request_id: reply
+                .request_id
+                .generated()
+                .then(|| reply.request_id.header_value()),
         };
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
-        if reply.request_id.generated() {
-            parts
-                .headers
-                .insert(X_REQUEST_ID, reply.request_id.header_value());
-        }
         let started = self.clock.now();
         let result = pending
             .forward(&snapshot.upstream, parts, body, forwarded)

@@ -137,16 +137,17 @@ impl Upstream {
             UpstreamTarget::Http(base) => base,
         };
         let upgrade = crate::tunnel::requested_here(&parts).cloned();
-        prepare_request(&mut parts, forwarded, &self.settings.host, base);
+        let added = prepare_request(&mut parts, forwarded, &self.settings.host, base);
         if let (Some(direct), None) = (&self.direct, &upgrade) {
             let response = direct
-                .send(&parts, body, self.settings.timeout)
+                .send(&parts, &added, body, self.settings.timeout)
                 .await
                 .map_err(|error| self.classify_direct(error))?;
             // The client left the hop-by-hop headers out of the map already.
             let (parts, body) = response.into_parts();
             return Ok(Response::from_parts(parts, Body::direct(body)));
         }
+        added.apply(&mut parts.headers);
         parts.uri = join(base, &parts.uri);
         parts.version = if self.settings.http2 {
             http::Version::HTTP_2
@@ -213,6 +214,38 @@ pub struct Forwarded {
     pub peer_trusted: bool,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// The request id sluice made up, when the client sent none.
+    pub request_id: Option<HeaderValue>,
+}
+
+/// Headers set on the request on its way upstream, replacing any of the same name it has.
+/// Kept beside the request rather than inserted into its map: sluice's HTTP/1.1 client
+/// writes them straight into the head (a map insert costs more than the line), hyper's
+/// client gets them inserted ([`Added::apply`]).
+#[derive(Debug, Default)]
+pub struct Added(smallvec::SmallVec<[(HeaderName, HeaderValue); 4]>);
+
+impl Added {
+    /// Inserts the headers into `headers`.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in self.0 {
+            headers.insert(name, value);
+        }
+    }
+
+    /// Whether a header named `name` is replaced by one of these.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.0.iter().any(|(added, _)| added == name)
+    }
+
+    /// The headers, in the order they go out.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.iter().map(|(name, value)| (name, value))
+    }
+
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.push((name, value));
+    }
 }
 
 fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration) -> UpstreamError {
@@ -255,7 +288,12 @@ fn join(base: &Uri, request: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
-fn prepare_request(parts: &mut Parts, forwarded: &Forwarded, host: &HostHeader, base: &Uri) {
+fn prepare_request(
+    parts: &mut Parts,
+    forwarded: &Forwarded,
+    host: &HostHeader,
+    base: &Uri,
+) -> Added {
     let headers = &mut parts.headers;
     // An HTTP/2 client names the host in the request's authority, not in `Host`.
     if !headers.contains_key(header::HOST) {
@@ -267,28 +305,31 @@ fn prepare_request(parts: &mut Parts, forwarded: &Forwarded, host: &HostHeader, 
     }
     let original_host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(headers);
+    let mut added = Added::default();
     let peer = ip_header_value(forwarded.peer);
-    match (forwarded.peer_trusted, headers.get(&X_FORWARDED_FOR)) {
-        (true, Some(existing)) => {
+    let trusted = forwarded.peer_trusted;
+    match headers.get(&X_FORWARDED_FOR).filter(|_| trusted) {
+        Some(existing) => {
             let mut chain = existing.as_bytes().to_vec();
             chain.extend_from_slice(b", ");
             chain.extend_from_slice(peer.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&chain) {
-                headers.insert(X_FORWARDED_FOR, v);
+                added.set(X_FORWARDED_FOR, v);
             }
         }
         // From an untrusted peer, whatever it claims is dropped: the upstream sees who connected.
-        _ => {
-            headers.insert(X_FORWARDED_FOR, peer);
+        None => added.set(X_FORWARDED_FOR, peer),
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        added.set(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto));
+    }
+    if let Some(original) = original_host {
+        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            added.set(X_FORWARDED_HOST, original);
         }
     }
-    if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto));
-    }
-    if let Some(original) = &original_host {
-        if !(forwarded.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            headers.insert(X_FORWARDED_HOST, original.clone());
-        }
+    if let Some(id) = &forwarded.request_id {
+        added.set(crate::proxy::X_REQUEST_ID, id.clone());
     }
     match host {
         HostHeader::Preserve => {}
@@ -303,6 +344,7 @@ fn prepare_request(parts: &mut Parts, forwarded: &Forwarded, host: &HostHeader, 
             headers.insert(header::HOST, value.clone());
         }
     }
+    added
 }
 
 /// An address as a header value; IPv4 (nearly every peer) without going through
@@ -470,10 +512,15 @@ mod tests {
             peer: "1.2.3.4".parse().unwrap(),
             peer_trusted: false,
             proto: "http",
+            request_id: Some(HeaderValue::from_static("id-1")),
         };
         let mut parts = request_with(h);
-        prepare_request(&mut parts, &untrusted, &HostHeader::Preserve, &base);
+        let added = prepare_request(&mut parts, &untrusted, &HostHeader::Preserve, &base);
+        assert!(added.replaces(&X_FORWARDED_FOR) && added.replaces(&crate::proxy::X_REQUEST_ID));
+        added.apply(&mut parts.headers);
         let h = parts.headers;
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1, "replaced");
+        assert_eq!(h[&crate::proxy::X_REQUEST_ID], "id-1");
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
@@ -481,14 +528,23 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         let trusted = Forwarded {
             peer: "10.1.1.1".parse().unwrap(),
             peer_trusted: true,
-            proto: "http",
+            proto: "https",
+            request_id: None,
         };
         let mut parts = request_with(h);
-        prepare_request(&mut parts, &trusted, &HostHeader::Upstream, &base);
+        let added = prepare_request(&mut parts, &trusted, &HostHeader::Upstream, &base);
+        assert!(
+            !added.replaces(&X_FORWARDED_PROTO),
+            "kept from a trusted proxy"
+        );
+        added.apply(&mut parts.headers);
         let h = parts.headers;
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(&crate::proxy::X_REQUEST_ID));
         assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.1.1.1");
         assert_eq!(h[header::HOST], "10.0.0.1:3000");
     }

@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::{chunk_size, line, read};
+use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -118,6 +119,7 @@ impl Client {
     pub async fn send(
         &self,
         parts: &Parts,
+        added: &Added,
         body: RequestBody,
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, Error> {
@@ -125,7 +127,7 @@ impl Client {
         let deadline = tokio::time::Instant::from_std(now + timeout);
         let length = body.size_hint().exact();
         let bodyless = length == Some(0);
-        let head = self.encode_head(parts, length);
+        let head = self.encode_head(parts, added, length);
         // A request that never reached the upstream is sent again on a fresh connection
         // when that is safe: no body to replay, and a method the upstream may see twice.
         let retry = bodyless && parts.method.is_idempotent();
@@ -169,7 +171,7 @@ impl Client {
     }
 
     /// The request line and headers, with this client's framing.
-    fn encode_head(&self, parts: &Parts, length: Option<u64>) -> Vec<u8> {
+    fn encode_head(&self, parts: &Parts, added: &Added, length: Option<u64>) -> Vec<u8> {
         let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
@@ -187,9 +189,12 @@ impl Client {
                 continue;
             }
             // The client's `Expect: 100-continue` was answered by sluice's server already.
-            if name == header::EXPECT {
+            if name == header::EXPECT || added.replaces(name) {
                 continue;
             }
+            line(&mut head, name.as_str(), value.as_bytes());
+        }
+        for (name, value) in added.iter() {
             line(&mut head, name.as_str(), value.as_bytes());
         }
         match length {

@@ -123,7 +123,12 @@ fn get(path: &str) -> Parts {
 /// Sends `parts` with no body, one second to answer.
 async fn send(client: &Client, parts: &Parts) -> Result<Response<ResponseBody>, Error> {
     client
-        .send(parts, RequestBody::whole(Bytes::new()), SECOND)
+        .send(
+            parts,
+            &Added::default(),
+            RequestBody::whole(Bytes::new()),
+            SECOND,
+        )
         .await
 }
 
@@ -184,7 +189,13 @@ async fn a_known_body_is_sent_with_its_length() {
         .headers
         .insert(header::EXPECT, HeaderValue::from_static("100-continue"));
     let body = RequestBody::whole(Bytes::from_static(b"{\"to\":1}"));
-    text(client(&up).send(&parts, body, SECOND).await.unwrap()).await;
+    text(
+        client(&up)
+            .send(&parts, &Added::default(), body, SECOND)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
         up.requests.lock().unwrap()[0],
         "POST /send HTTP/1.1\r\nhost: api.example\r\ncontent-length: 8\r\n\r\n{\"to\":1}"
@@ -347,7 +358,7 @@ async fn an_early_answer_stops_the_upload() {
     let body = RequestBody::whole(Bytes::from(vec![b'x'; 64 * 1024 * 1024]));
     let response = tokio::time::timeout(
         Duration::from_secs(10),
-        client(&up).send(&parts, body, Duration::from_secs(30)),
+        client(&up).send(&parts, &Added::default(), body, Duration::from_secs(30)),
     )
     .await
     .expect("the answer arrives while the body is still being sent")
@@ -362,7 +373,12 @@ async fn no_answer_within_the_timeout_is_a_timeout() {
     let up = upstream(&[HANG]).await;
     let timeout = Duration::from_millis(200);
     let result = client(&up)
-        .send(&get("/"), RequestBody::whole(Bytes::new()), timeout)
+        .send(
+            &get("/"),
+            &Added::default(),
+            RequestBody::whole(Bytes::new()),
+            timeout,
+        )
         .await;
     assert!(
         matches!(result, Err(Error::Timeout(t)) if t == timeout),
@@ -417,4 +433,34 @@ async fn refused_and_unreachable_upstreams() {
     let client = Client::new(&base, Duration::from_secs(1), Duration::from_secs(60));
     let result = send(&client, &get("/")).await;
     assert!(matches!(result, Err(Error::Connect(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn added_headers_replace_the_requests_own_of_their_names() {
+    let up = upstream(&[OK]).await;
+    let mut parts = get("/");
+    let claimed = HeaderValue::from_static("6.6.6.6");
+    parts.headers.insert(crate::upstream::X_FORWARDED_FOR, claimed);
+    parts
+        .headers
+        .insert("x-other", HeaderValue::from_static("kept"));
+    let forwarded = crate::upstream::Forwarded {
+        peer: "1.2.3.4".parse().unwrap(),
+        peer_trusted: false,
+        proto: "http",
+        request_id: Some(HeaderValue::from_static("id-1")),
+    };
+    let host = crate::config::HostHeader::Preserve;
+    let added = crate::upstream::prepare_request(&mut parts, &forwarded, &host, &up.base);
+    let client = client(&up);
+    let body = RequestBody::whole(Bytes::new());
+    text(client.send(&parts, &added, body, SECOND).await.unwrap()).await;
+    assert_eq!(
+        up.requests.lock().unwrap()[0],
+        concat!(
+            "GET / HTTP/1.1\r\nhost: api.example\r\nx-other: kept\r\n",
+            "x-forwarded-for: 1.2.3.4\r\nx-forwarded-proto: http\r\n",
+            "x-forwarded-host: api.example\r\nx-request-id: id-1\r\n\r\n"
+        )
+    );
 }
