@@ -440,7 +440,9 @@ async fn added_headers_replace_the_requests_own_of_their_names() {
     let up = upstream(&[OK]).await;
     let mut parts = get("/");
     let claimed = HeaderValue::from_static("6.6.6.6");
-    parts.headers.insert(crate::upstream::X_FORWARDED_FOR, claimed);
+    parts
+        .headers
+        .insert(crate::upstream::X_FORWARDED_FOR, claimed);
     parts
         .headers
         .insert("x-other", HeaderValue::from_static("kept"));
