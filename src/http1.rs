@@ -1,7 +1,8 @@
 //! What both HTTP/1.1 sides of sluice share: sluice's own server for cleartext clients
 //! ([`crate::server`]) and its own client for `http://` upstreams ([`crate::upstream`]).
-//! Chunked bodies ([`chunked`]), header lines, list-header tokens, `Content-Length` values and the socket
-//! read that tells tokio when a socket is drained. Owns no connection and no request.
+//! Chunked bodies ([`chunked`]), header lines, list-header tokens, `Content-Length` values
+//! and the socket read that tells tokio when a socket is drained. Owns no connection and no
+//! request.
 
 use std::io;
 
@@ -50,6 +51,12 @@ pub fn length(digits: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The `Content-Length` a message declares (its first, when repeated), if it parses.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(http::header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// The hex size line of a chunk of `len` bytes, written into `out`.

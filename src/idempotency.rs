@@ -261,10 +261,7 @@ impl Idempotency {
         else {
             return untouched(body);
         };
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = crate::http1::declared_length(&parts.headers);
         if declared.is_some_and(|n| n > rule.max_body) {
             return Err(refuse(Rejection::PayloadTooLarge, "too_large"));
         }

@@ -151,7 +151,9 @@ impl Gateway {
         // A body announced larger than the route takes is refused before anything counts it;
         // one that grows past it unannounced is cut off on its way upstream.
         let max_body = route.and_then(|r| policy.routes[r].max_body);
-        if max_body.is_some_and(|max| announced_length(&parts.headers) > max) {
+        let announced_over =
+            |max| crate::http1::declared_length(&parts.headers).is_some_and(|n| n > max);
+        if max_body.is_some_and(announced_over) {
             return self.finish(
                 reply.reject(Rejection::PayloadTooLarge, None, &[]),
                 reply,
@@ -457,15 +459,6 @@ impl Reply<'_> {
         };
         self.config.responses.render(rejection, &context)
     }
-}
-
-/// The `Content-Length` a request announced (0 when none: its body is checked as it streams).
-fn announced_length(headers: &http::HeaderMap) -> u64 {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn nanos_to_secs(nanos: Nanos) -> f64 {

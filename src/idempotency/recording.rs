@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
@@ -130,10 +130,7 @@ impl Pending {
 
 /// Whether `response` may be stored: a final answer not declared larger than `max_body`.
 fn worth_keeping(response: &Response<Body>, max_body: u64) -> bool {
-    let declared = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = crate::http1::declared_length(response.headers());
     storable(response.status()) && declared.is_none_or(|n| n <= max_body)
 }
 

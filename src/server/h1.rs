@@ -250,7 +250,7 @@ impl Conn {
         let length = body
             .size_hint()
             .exact()
-            .or_else(|| announced_length(&parts.headers));
+            .or_else(|| crate::http1::declared_length(&parts.headers));
         let framing = match length {
             _ if bodiless => Out::None,
             Some(n) => Out::Length(n),
@@ -468,17 +468,6 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     keep_alive
-}
-
-/// The response's own `Content-Length`, when it has one that parses.
-fn announced_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Writes all of `slices` to the client.

@@ -89,7 +89,7 @@ impl Watch {
     /// Why the connection must close, if it must; wakes the task in `cx` when that changes.
     pub fn poll_close(&self, cx: &Context<'_>) -> Option<Close> {
         self.waker.register(cx.waker());
-        Close::from_code(self.close.load(Ordering::Acquire))
+        self.closing()
     }
 
     /// Why the connection must close, if it must (without waiting for it).

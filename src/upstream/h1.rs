@@ -590,8 +590,8 @@ impl Conn {
         let (mut close, mut keep_alive) = (false, false);
         let mut coding: Option<&[u8]> = None;
         let mut listed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
-        // Room for the limit headers and the request id the proxy adds: growing a map
-        // rehashes it.
+        // Room for the stamp's headers, inserted when hyper's server (a TLS or HTTP/2
+        // client) sends the response: growing a map rehashes it.
         let mut headers = HeaderMap::with_capacity(spans.len() + 6);
         for (name, name_len, value, value_len) in spans {
             let (name, value_bytes) = (

@@ -171,8 +171,8 @@ fn build(
     names: Names,
 ) -> Option<Parts> {
     let uri = Uri::from_maybe_shared(head.slice(target)).ok()?;
-    // Room for the request id and the forwarding headers the proxy adds: growing a map
-    // rehashes it.
+    // Room for the forwarding headers and request id, inserted when hyper's client (an
+    // `https://` or HTTP/2 upstream) sends the request: growing a map rehashes it.
     let mut headers = HeaderMap::with_capacity(names.len() + 6);
     for (name, value) in names {
         let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
