@@ -11,9 +11,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Response;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http1::RawHeaders;
 use crate::idempotency::Recording;
 use crate::limiter::concurrency::Held;
 
@@ -68,10 +70,29 @@ impl Body {
         }
     }
 
+    /// The response's headers when they are still kept raw in the body (sluice's
+    /// HTTP/1.1 client leaves the response's map empty; see [`RawHeaders`]).
+    pub fn raw_headers(&self) -> Option<&RawHeaders> {
+        match self {
+            Body::Direct { inner, .. } => inner.raw_headers(),
+            _ => None,
+        }
+    }
+
     /// A body copied into an idempotency record as it streams.
     pub fn recorded(recording: Recording) -> Self {
         Body::Recorded {
             inner: Box::new(recording),
+        }
+    }
+}
+
+/// Moves headers kept raw in the body into the response's map, for whatever reads or
+/// writes the map (hyper's server, an idempotency record).
+pub fn headers_into_map(response: &mut Response<Body>) {
+    if let Body::Direct { inner, .. } = response.body_mut() {
+        if let Some(raw) = inner.take_raw_headers() {
+            raw.into_map(response.headers_mut());
         }
     }
 }

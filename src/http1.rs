@@ -1,6 +1,7 @@
 //! What both HTTP/1.1 sides of sluice share: sluice's own server for cleartext clients
 //! ([`crate::server`]) and its own client for `http://` upstreams ([`crate::upstream`]).
-//! Chunked bodies ([`chunked`]), header lines, list-header tokens, `Content-Length` values
+//! Chunked bodies ([`chunked`]), header lines (written, and kept raw: [`RawHeaders`]),
+//! list-header tokens, `Content-Length` values
 //! and the socket read that tells tokio when a socket is drained. Owns no connection and no
 //! request.
 
@@ -10,10 +11,13 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 pub mod chunked;
+mod raw;
+
+pub use raw::RawHeaders;
 
 /// Writes the header line `name: value\r\n`.
-pub fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub fn line(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) {
+    out.extend_from_slice(name.as_ref());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");

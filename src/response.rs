@@ -284,11 +284,12 @@ impl LimitHeaders {
         }
     }
 
-    /// Whether one of these headers is named `name` (a lowercase header name).
-    pub fn owns(&self, name: &str) -> bool {
-        (self.retry_after.is_some() && name == RETRY_AFTER.as_str())
-            || (self.x_ratelimit.is_some() && X_RATELIMIT.iter().any(|x| x.as_str() == name))
-            || (self.ietf.is_some() && IETF.iter().any(|x| x.as_str() == name))
+    /// Whether one of these headers is named `name` (in any case).
+    pub fn owns(&self, name: &[u8]) -> bool {
+        let is = |header: &HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+        (self.retry_after.is_some() && is(&RETRY_AFTER))
+            || (self.x_ratelimit.is_some() && X_RATELIMIT.iter().any(is))
+            || (self.ietf.is_some() && IETF.iter().any(is))
     }
 
     /// Writes the headers as HTTP/1.1 header lines.

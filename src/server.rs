@@ -229,6 +229,7 @@ async fn connection(tcp: TcpStream, cx: Context) {
             async move {
                 let (mut response, stamp) =
                     gateway.handle(request.map(Into::into), peer, secure).await;
+                crate::body::headers_into_map(&mut response);
                 stamp.apply(response.headers_mut());
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }

@@ -143,7 +143,7 @@ impl Upstream {
                 .send(&parts, &added, body, self.settings.timeout)
                 .await
                 .map_err(|error| self.classify_direct(error))?;
-            // The client left the hop-by-hop headers out of the map already.
+            // The client kept no hop-by-hop header, and keeps the rest in the body.
             let (parts, body) = response.into_parts();
             return Ok(Response::from_parts(parts, Body::direct(body)));
         }

@@ -209,6 +209,8 @@ async fn ten_retries_reach_the_upstream_once_and_replay_byte_identically() {
     assert_eq!(first.body, r#"{"id":1,"got":"hi"}"#);
     assert_eq!(first.header("idempotent-replayed"), None);
     assert_eq!(first.header("x-ratelimit-remaining"), Some("2"));
+    // The upstream's own headers, recorded with the body.
+    assert_eq!(first.header("location"), Some("/v1/messages/1"));
     for replay in &replies[1..] {
         assert_eq!(replay.status, StatusCode::CREATED);
         assert_eq!(replay.body, first.body, "byte-identical");

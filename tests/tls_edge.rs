@@ -141,6 +141,63 @@ async fn an_http2_clients_authority_reaches_the_upstream_as_host() {
     assert_eq!(body, "host=localhost x-forwarded-host=localhost ");
 }
 
+/// The upstream's own headers reach HTTP/1.1 clients (written by sluice's own server) and
+/// HTTP/2 clients (through hyper's) alike: repeated ones all kept, an `X-RateLimit-*` of the
+/// upstream's replaced by sluice's.
+#[tokio::test]
+async fn the_upstreams_headers_reach_http1_and_http2_clients_alike() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = support::serve(
+        |_request: http::Request<hyper::body::Incoming>| async move {
+            http::Response::builder()
+                .header("x-upstream", "yes")
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .header("x-ratelimit-limit", "999")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                .unwrap()
+        },
+    )
+    .await;
+    let (_dir, sluice) = plain_sluice(upstream);
+
+    let mut tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    tcp.write_all(
+        b"GET /v1/x HTTP/1.1\r\nhost: localhost\r\nx-api-key: k1\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_ascii_lowercase).collect();
+    let has = |line: &str| lines.iter().any(|l| l == line);
+    assert!(has("x-upstream: yes"), "{text}");
+    assert!(has("set-cookie: a=1") && has("set-cookie: b=2"), "{text}");
+    assert!(has("x-ratelimit-limit: 1000"), "{text}");
+    assert!(!has("x-ratelimit-limit: 999"), "{text}");
+
+    let tcp = TcpStream::connect(sluice.listen).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::builder()
+        .uri("http://localhost/v1/x")
+        .header("x-api-key", "k1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["x-upstream"], "yes");
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(headers["x-ratelimit-limit"], "1000");
+    assert_eq!(headers.get_all("x-ratelimit-limit").iter().count(), 1);
+}
+
 #[tokio::test]
 async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     let upstream = support::upstream().await;

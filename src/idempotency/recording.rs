@@ -64,7 +64,12 @@ impl Pending {
         let upstream = upstream.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let result = match upstream.forward(parts, body, &forwarded).await {
+            // The record is made from the response's map.
+            let sent = upstream.forward(parts, body, &forwarded).await;
+            let result = match sent.map(|mut response| {
+                crate::body::headers_into_map(&mut response);
+                response
+            }) {
                 Ok(response) if worth_keeping(&response, claim.max_body) => {
                     Ok(Pending(Some(claim)).keep(response))
                 }

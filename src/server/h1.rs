@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::{Response, StatusCode};
 use http_body::{Body as _, Frame};
 use tokio::io::ReadBuf;
@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use super::io::Activity;
 use super::watch::Watch;
 use crate::body::{Body, ClientBody};
-use crate::http1::{chunk_size, line};
+use crate::http1::{chunk_size, line, RawHeaders};
 use crate::proxy::{Gateway, Stamp};
 
 pub use body::BodyReader;
@@ -262,7 +262,7 @@ impl Conn {
         let keep_alive = encode_head(
             &mut self.out,
             status,
-            &parts.headers,
+            (&parts.headers, body.raw_headers()),
             stamp,
             (framing, length, bodiless),
             (keep_alive, http10),
@@ -408,7 +408,7 @@ enum Out {
 fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &HeaderMap,
+    (headers, raw): (&HeaderMap, Option<&RawHeaders>),
     stamp: &Stamp,
     (framing, length, bodiless): (Out, Option<u64>, bool),
     (mut keep_alive, http10): (bool, bool),
@@ -418,25 +418,31 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut dated = false;
-    for (name, value) in headers {
+    let (mut dated, mut lengthed) = (false, false);
+    let map = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+    for (name, value) in map.chain(raw.into_iter().flat_map(RawHeaders::iter)) {
         // The connection headers below are this server's own; a response that asks to
         // close is closed.
-        if name == header::CONNECTION {
-            keep_alive &= !crate::http1::tokens(value.as_bytes())
-                .any(|token| token.eq_ignore_ascii_case(b"close"));
+        if name.eq_ignore_ascii_case(b"connection") {
+            keep_alive &=
+                !crate::http1::tokens(value).any(|token| token.eq_ignore_ascii_case(b"close"));
             continue;
         }
         // A bodiless response keeps the length it describes (of the GET, or the cached
         // body); otherwise the framing below is the only one.
-        if (name == header::CONTENT_LENGTH && !bodiless) || name == header::TRANSFER_ENCODING {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengthed = true;
+            if !bodiless {
+                continue;
+            }
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") || stamp.owns(name) {
             continue;
         }
-        if stamp.owns(name.as_str()) {
-            continue;
-        }
-        dated |= name == header::DATE;
-        line(out, name.as_str(), value.as_bytes());
+        dated |= name.eq_ignore_ascii_case(b"date");
+        line(out, name, value);
     }
     stamp.encode(out);
     if !dated {
@@ -450,7 +456,7 @@ fn encode_head(
         ),
         Out::Chunked => line(out, "transfer-encoding", b"chunked"),
         // HEAD: the length the GET would have, when the response does not say it.
-        Out::None if !headers.contains_key(header::CONTENT_LENGTH) && status.is_success() => {
+        Out::None if !lengthed && status.is_success() => {
             if let Some(n) = length.filter(|&n| n > 0) {
                 line(
                     out,

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 use crate::http1::chunked::{Chunked, Decoded};
-use crate::http1::{chunk_size, line, read};
+use crate::http1::{chunk_size, line, read, RawHeaders};
 use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
@@ -159,11 +159,11 @@ impl Client {
             framing: head.framing,
             reusable: head.reusable,
             pool: self.pool.clone(),
+            headers: Some(head.headers),
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = Version::HTTP_11;
-        *response.headers_mut() = head.headers;
         if matches!(response.body().framing, Framing::Length(0)) {
             response.body_mut().finish();
         }
@@ -346,7 +346,8 @@ struct Conn {
 /// A parsed response head.
 struct Head {
     status: StatusCode,
-    headers: HeaderMap,
+    /// Boxed: it travels in the response body, which is moved at every step out.
+    headers: Box<RawHeaders>,
     framing: Framing,
     reusable: bool,
 }
@@ -585,46 +586,45 @@ impl Conn {
                 "101 to a request that asked for no upgrade",
             ));
         }
-        // Hop-by-hop headers are read here and never enter the map (the proxy would only
-        // remove them again); `Connection` also names what else goes.
+        // Hop-by-hop headers are read here and never kept (the proxy would only remove
+        // them again); `Connection` also names what else goes.
         let (mut close, mut keep_alive) = (false, false);
+        let mut listed: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
         let mut coding: Option<&[u8]> = None;
-        let mut listed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
-        // Room for the stamp's headers, inserted when hyper's server (a TLS or HTTP/2
-        // client) sends the response: growing a map rehashes it.
-        let mut headers = HeaderMap::with_capacity(spans.len() + 6);
+        let mut length: Option<u64> = None;
+        let mut headers = RawHeaders::new(bytes.clone());
         for (name, name_len, value, value_len) in spans {
-            let (name, value_bytes) = (
+            let (name_bytes, value_bytes) = (
                 &bytes[name..name + name_len],
                 &bytes[value..value + value_len],
             );
-            if name.eq_ignore_ascii_case(b"connection") {
+            if name_bytes.eq_ignore_ascii_case(b"connection") {
                 for token in crate::http1::tokens(value_bytes) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive = true;
-                    } else if let Ok(name) = HeaderName::from_bytes(token) {
-                        listed.push(name);
+                    } else {
+                        listed.push(token);
                     }
                 }
                 continue;
             }
-            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if name_bytes.eq_ignore_ascii_case(b"transfer-encoding") {
                 coding = crate::http1::tokens(value_bytes).next_back();
                 continue;
             }
-            if crate::upstream::is_hop_by_hop(name) {
+            if crate::upstream::is_hop_by_hop(name_bytes) {
                 continue;
             }
-            let name =
-                HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value..value + value_len))
-                .map_err(|_| Error::Protocol("invalid header value"))?;
-            headers.append(name, value);
+            if name_bytes.eq_ignore_ascii_case(b"content-length") {
+                length = content_length(length, value_bytes)?;
+            }
+            headers.push(name..name + name_len, value..value + value_len);
         }
-        for name in listed {
-            headers.remove(name);
+        if !listed.is_empty() {
+            headers.retain(|name| !listed.iter().any(|l| l.eq_ignore_ascii_case(name)));
+            length = length.filter(|_| headers.contains("content-length"));
         }
         let mut reusable = if minor == 0 { keep_alive } else { !close };
         let framing = if method == Method::HEAD
@@ -637,7 +637,8 @@ impl Conn {
             // Transfer-Encoding overrides a Content-Length sent with it, which must not
             // reach the client; a message with both is suspect, so its connection is not
             // reused (RFC 9112 §6.3).
-            if headers.remove(header::CONTENT_LENGTH).is_some() {
+            if length.is_some() {
+                headers.retain(|name| !name.eq_ignore_ascii_case(b"content-length"));
                 reusable = false;
             }
             if !chunked {
@@ -646,7 +647,7 @@ impl Conn {
                 return Err(Error::Protocol("transfer-encoding other than chunked"));
             }
             Framing::Chunked(Chunked::default())
-        } else if let Some(length) = content_length(&headers)? {
+        } else if let Some(length) = length {
             Framing::Length(length)
         } else {
             reusable = false;
@@ -654,7 +655,7 @@ impl Conn {
         };
         Ok(Some(Head {
             status,
-            headers,
+            headers: Box::new(headers),
             framing,
             reusable,
         }))
@@ -686,17 +687,15 @@ async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool, Error>
     }
 }
 
-/// `Content-Length`, refusing conflicting or malformed values.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in crate::http1::tokens(value.as_bytes()) {
-            let n = crate::http1::length(part).ok_or(Error::Protocol("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Protocol("conflicting content-length"));
-            }
-            length = Some(n);
+/// The length so far with one more `Content-Length` value, refusing conflicting or
+/// malformed values.
+fn content_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, Error> {
+    for part in crate::http1::tokens(value) {
+        let n = crate::http1::length(part).ok_or(Error::Protocol("invalid content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Error::Protocol("conflicting content-length"));
         }
+        length = Some(n);
     }
     Ok(length)
 }
@@ -709,9 +708,22 @@ pub struct ResponseBody {
     framing: Framing,
     reusable: bool,
     pool: Arc<Pool>,
+    /// The response's end-to-end headers, until something takes them: the response's own
+    /// header map is left empty (see [`RawHeaders`]).
+    headers: Option<Box<RawHeaders>>,
 }
 
 impl ResponseBody {
+    /// The response's headers, while they are kept here.
+    pub fn raw_headers(&self) -> Option<&RawHeaders> {
+        self.headers.as_deref()
+    }
+
+    /// Takes the response's headers out.
+    pub fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+        self.headers.take()
+    }
+
     /// The body has ended: the connection goes back to the pool if it can take another
     /// request.
     fn finish(&mut self) {

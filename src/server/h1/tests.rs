@@ -8,14 +8,41 @@ fn stamp() -> Stamp {
     }
 }
 
+/// The head written for a response with `headers`, which come out the same whether the
+/// response holds them in its map or raw (as sluice's HTTP/1.1 client leaves them).
 fn head(status: StatusCode, headers: &[(&str, &str)], framing: Out, keep: (bool, bool)) -> String {
     let mut map = HeaderMap::new();
+    let mut text = String::new();
+    let mut spans = Vec::new();
     for (name, value) in headers {
         map.append(
             http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
             value.parse().unwrap(),
         );
+        let at = text.len();
+        text.push_str(&format!("{name}: {value}\r\n"));
+        let value_at = at + name.len() + 2;
+        spans.push((at..at + name.len(), value_at..value_at + value.len()));
     }
+    let mut raw = RawHeaders::new(text.into());
+    for (name, value) in spans {
+        raw.push(name, value);
+    }
+    let in_map = encode(status, (&map, None), framing, keep);
+    let kept_raw = encode(status, (&HeaderMap::new(), Some(&raw)), framing, keep);
+    assert_eq!(
+        in_map, kept_raw,
+        "the same head from the map and from raw lines"
+    );
+    in_map
+}
+
+fn encode(
+    status: StatusCode,
+    headers: (&HeaderMap, Option<&RawHeaders>),
+    framing: Out,
+    keep: (bool, bool),
+) -> String {
     let length = match framing {
         Out::Length(n) => Some(n),
         _ => None,
@@ -25,7 +52,7 @@ fn head(status: StatusCode, headers: &[(&str, &str)], framing: Out, keep: (bool,
     encode_head(
         &mut out,
         status,
-        &map,
+        headers,
         &stamp(),
         (framing, length, bodiless),
         keep,
@@ -36,6 +63,29 @@ fn head(status: StatusCode, headers: &[(&str, &str)], framing: Out, keep: (bool,
         .filter(|line| !line.starts_with("date: "))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn raw_lines_go_out_as_sent_and_the_stamp_replaces_them_in_any_case() {
+    let mut raw = RawHeaders::new(bytes::Bytes::from_static(
+        b"Server: up\r\nX-Request-Id: theirs\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+    ));
+    raw.push(0..6, 8..10);
+    raw.push(12..24, 26..32);
+    raw.push(34..38, 40..69);
+    let mut out = Vec::new();
+    encode_head(
+        &mut out,
+        StatusCode::OK,
+        (&HeaderMap::new(), Some(&raw)),
+        &stamp(),
+        (Out::Length(0), Some(0), false),
+        (true, false),
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nx-request-id: t\r\ncontent-length: 0\r\n\r\n"
+    );
 }
 
 #[test]
@@ -119,7 +169,7 @@ fn a_date_is_added_unless_the_response_has_one() {
     encode_head(
         &mut out,
         StatusCode::OK,
-        &HeaderMap::new(),
+        (&HeaderMap::new(), None),
         &stamp(),
         framing,
         (true, false),
@@ -130,14 +180,14 @@ fn a_date_is_added_unless_the_response_has_one() {
 
     let mut map = HeaderMap::new();
     map.insert(
-        header::DATE,
+        http::header::DATE,
         "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
     );
     let mut out = Vec::new();
     encode_head(
         &mut out,
         StatusCode::OK,
-        &map,
+        (&map, None),
         &stamp(),
         framing,
         (true, false),

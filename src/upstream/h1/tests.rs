@@ -121,15 +121,21 @@ fn get(path: &str) -> Parts {
 }
 
 /// Sends `parts` with no body, one second to answer.
+/// Sends `parts`; the response's headers, which the client keeps raw in the body, are
+/// moved into its map for the tests to read.
 async fn send(client: &Client, parts: &Parts) -> Result<Response<ResponseBody>, Error> {
-    client
+    let mut response = client
         .send(
             parts,
             &Added::default(),
             RequestBody::whole(Bytes::new()),
             SECOND,
         )
-        .await
+        .await?;
+    if let Some(raw) = response.body_mut().take_raw_headers() {
+        raw.into_map(response.headers_mut());
+    }
+    Ok(response)
 }
 
 async fn text(response: Response<ResponseBody>) -> String {
@@ -465,4 +471,38 @@ async fn added_headers_replace_the_requests_own_of_their_names() {
             "x-forwarded-host: api.example\r\nx-request-id: id-1\r\n\r\n"
         )
     );
+}
+
+#[tokio::test]
+async fn end_to_end_headers_are_kept_raw_as_sent_and_in_order() {
+    let head = "HTTP/1.1 200 OK\r\nServer: up\r\nX-Kept: 2\r\nConnection: keep-alive\r\nx-kept: 3\r\ncontent-length: 2\r\n\r\nok";
+    let up = upstream(&[head]).await;
+    let response = client(&up)
+        .send(
+            &get("/"),
+            &Added::default(),
+            RequestBody::whole(Bytes::new()),
+            SECOND,
+        )
+        .await
+        .unwrap();
+    assert!(response.headers().is_empty(), "no map is built");
+    let raw: Vec<(String, String)> = response
+        .body()
+        .raw_headers()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            (text(n), text(v))
+        })
+        .collect();
+    let expected = [
+        ("Server", "up"),
+        ("X-Kept", "2"),
+        ("x-kept", "3"),
+        ("content-length", "2"),
+    ];
+    assert_eq!(raw, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+    assert_eq!(text(response).await, "ok");
 }
