@@ -213,7 +213,7 @@ impl Gateway {
             }
         };
         let Some(limits) = limits else {
-            let response = self
+            let (response, answered_at) = self
                 .forward(
                     &snapshot,
                     parts,
@@ -222,10 +222,10 @@ impl Gateway {
                     (peer, tls),
                     (None, &[]),
                     None,
-                    &reply,
+                    (&reply, self.clock.now()),
                 )
                 .await;
-            return self.finish(response, reply, Verdict::Exempt, false);
+            return self.finish_at(response, reply, Verdict::Exempt, false, answered_at);
         };
         let enforced = self
             .enforce(
@@ -237,7 +237,7 @@ impl Gateway {
                 policy.cost(route),
             )
             .await;
-        let (decision, permit, verdict) = match enforced {
+        let (decision, permit, verdict, decided_at) = match enforced {
             Enforced::Reject(response, verdict) => {
                 return self.finish(response, reply, verdict, false);
             }
@@ -245,13 +245,14 @@ impl Gateway {
                 decision,
                 permit,
                 verdict,
-            } => (decision, permit, verdict),
+                decided_at,
+            } => (decision, permit, verdict, decided_at),
         };
         let near_limit = decision
             .headline()
             .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
         let held = permit.map(|permit| Held(Arc::new(permit)));
-        let response = self
+        let (response, answered_at) = self
             .forward(
                 &snapshot,
                 parts,
@@ -260,10 +261,10 @@ impl Gateway {
                 (peer, tls),
                 (Some(&decision), limits),
                 held,
-                &reply,
+                (&reply, decided_at),
             )
             .await;
-        self.finish(response, reply, verdict, near_limit)
+        self.finish_at(response, reply, verdict, near_limit, answered_at)
     }
 
     /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
@@ -309,8 +310,9 @@ impl Gateway {
         self.finish(response, reply, verdict, false)
     }
 
-    /// Forwards the request; `held` (concurrency slots) stays taken until the response body
-    /// ends, the client leaves, or the upstream fails.
+    /// Forwards the request, sent at `started`, and returns the answer with when the
+    /// upstream's head came back (or it failed). `held` (concurrency slots) stays taken
+    /// until the response body ends, the client leaves, or the upstream fails.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
@@ -321,8 +323,8 @@ impl Gateway {
         (peer, tls): (SocketAddr, bool),
         (decision, limits): (Option<&Decision>, &[Limit]),
         held: Option<Held>,
-        reply: &Reply<'_>,
-    ) -> Answer {
+        (reply, started): (&Reply<'_>, Nanos),
+    ) -> (Answer, Nanos) {
         if let (Some(held), Some(hold)) = (&held, parts.extensions.get::<crate::tunnel::Hold>()) {
             // An upgrade keeps its concurrency slots for the life of the tunnel, not the
             // (empty) body of the 101.
@@ -338,14 +340,14 @@ impl Gateway {
                 .then(|| reply.request_id.header_value()),
         };
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
-        let started = self.clock.now();
         let result = pending
             .forward(&snapshot.upstream, parts, body, forwarded)
             .await;
+        let answered_at = self.clock.now();
         self.timers
             .upstream
-            .record(nanos_to_secs(self.clock.now().saturating_sub(started)));
-        match result {
+            .record(nanos_to_secs(answered_at.saturating_sub(started)));
+        let answer = match result {
             Ok(mut response) => {
                 if let Some(tunnel) = tunnel {
                     tunnel.open(&mut response);
@@ -372,15 +374,29 @@ impl Gateway {
                 };
                 reply.reject(rejection, decision, limits)
             }
-        }
+        };
+        (answer, answered_at)
     }
 
     fn finish(
+        &self,
+        answer: Answer,
+        reply: Reply<'_>,
+        verdict: Verdict,
+        near_limit: bool,
+    ) -> (Response<Body>, Stamp) {
+        let now = self.clock.now();
+        self.finish_at(answer, reply, verdict, near_limit, now)
+    }
+
+    /// Counts the request and times it as answered at `answered_at`.
+    fn finish_at(
         &self,
         (response, limits): Answer,
         reply: Reply<'_>,
         verdict: Verdict,
         near_limit: bool,
+        answered_at: Nanos,
     ) -> (Response<Body>, Stamp) {
         let config = reply.config;
         config.metrics.record(
@@ -392,7 +408,7 @@ impl Gateway {
         );
         self.timers
             .request
-            .record(nanos_to_secs(self.clock.now().saturating_sub(reply.now)));
+            .record(nanos_to_secs(answered_at.saturating_sub(reply.now)));
         let stamp = Stamp {
             request_id: reply.request_id,
             limits,

@@ -223,28 +223,32 @@ pub struct Forwarded {
 /// writes them straight into the head (a map insert costs more than the line), hyper's
 /// client gets them inserted ([`Added::apply`]).
 #[derive(Debug, Default)]
-pub struct Added(smallvec::SmallVec<[(HeaderName, HeaderValue); 4]>);
+pub struct Added {
+    headers: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]>,
+    /// The request has a `Host` header (looked up once here, not again by the client).
+    pub has_host: bool,
+}
 
 impl Added {
     /// Inserts the headers into `headers`.
     pub fn apply(self, headers: &mut HeaderMap) {
-        for (name, value) in self.0 {
+        for (name, value) in self.headers {
             headers.insert(name, value);
         }
     }
 
     /// Whether a header named `name` is replaced by one of these.
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.0.iter().any(|(added, _)| added == name)
+        self.headers.iter().any(|(added, _)| added == name)
     }
 
     /// The headers, in the order they go out.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.0.iter().map(|(name, value)| (name, value))
+        self.headers.iter().map(|(name, value)| (name, value))
     }
 
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        self.0.push((name, value));
+        self.headers.push((name, value));
     }
 }
 
@@ -295,20 +299,23 @@ fn prepare_request(
     base: &Uri,
 ) -> Added {
     let headers = &mut parts.headers;
+    let mut original_host = headers.get(header::HOST).cloned();
     // An HTTP/2 client names the host in the request's authority, not in `Host`.
-    if !headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, value);
-            }
+    if original_host.is_none() {
+        let authority = parts.uri.authority();
+        original_host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(value) = &original_host {
+            headers.insert(header::HOST, value.clone());
         }
     }
-    let original_host = headers.get(header::HOST).cloned();
     remove_hop_by_hop(headers);
-    let mut added = Added::default();
+    let mut added = Added {
+        has_host: original_host.is_some(),
+        ..Added::default()
+    };
     let peer = ip_header_value(forwarded.peer);
     let trusted = forwarded.peer_trusted;
-    match headers.get(&X_FORWARDED_FOR).filter(|_| trusted) {
+    match trusted.then(|| headers.get(&X_FORWARDED_FOR)).flatten() {
         Some(existing) => {
             let mut chain = existing.as_bytes().to_vec();
             chain.extend_from_slice(b", ");
@@ -337,11 +344,13 @@ fn prepare_request(
             if let Some(authority) = base.authority() {
                 if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                     headers.insert(header::HOST, v);
+                    added.has_host = true;
                 }
             }
         }
         HostHeader::Literal(value) => {
             headers.insert(header::HOST, value.clone());
+            added.has_host = true;
         }
     }
     added

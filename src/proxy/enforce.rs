@@ -30,11 +30,13 @@ impl Drop for Decrement {
 /// What the limits say.
 pub(super) enum Enforced {
     /// Forward, with the decision for the headers and the slots to hold while the response
-    /// streams. `verdict` is `Allowed` or `ShadowLimited`.
+    /// streams. `verdict` is `Allowed` or `ShadowLimited`; `decided_at` is when the request
+    /// was free to go (read once for the limiter's timer and the upstream's).
     Forward {
         decision: Decision,
         permit: Option<Permit>,
         verdict: Verdict,
+        decided_at: Nanos,
     },
     /// Answer this instead.
     Reject(super::Answer, Verdict),
@@ -104,9 +106,10 @@ impl Gateway {
                 decision
             }
         };
+        let mut decided_at = self.clock.now();
         self.timers
             .limiter
-            .record(nanos_to_secs(self.clock.now().saturating_sub(now)));
+            .record(nanos_to_secs(decided_at.saturating_sub(now)));
         if !decision.allowed {
             return self
                 .limited(reply, profile, identity, decision, limits)
@@ -127,6 +130,7 @@ impl Gateway {
             // Decremented however the wait ends, the client leaving included.
             let _done = Decrement(waiting);
             tokio::time::sleep(std::time::Duration::from_nanos(wait)).await;
+            decided_at = self.clock.now();
         }
         let shadow = decision.violated != 0 || permit.as_ref().is_some_and(|p| p.shadow_full);
         if shadow {
@@ -135,6 +139,7 @@ impl Gateway {
         Enforced::Forward {
             decision,
             permit,
+            decided_at,
             verdict: if shadow {
                 Verdict::ShadowLimited
             } else {

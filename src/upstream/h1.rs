@@ -179,7 +179,7 @@ impl Client {
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         head.extend_from_slice(if path.is_empty() { "/" } else { path }.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        if !parts.headers.contains_key(header::HOST) {
+        if !added.has_host {
             line(&mut head, header::HOST.as_str(), self.authority.as_bytes());
         }
         let mut announced = false;

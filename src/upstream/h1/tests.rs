@@ -112,6 +112,14 @@ fn client(up: &Upstream) -> Client {
     Client::new(&up.base, Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// What `prepare_request` would have found of `parts`' own headers.
+fn added_for(parts: &Parts) -> Added {
+    Added {
+        has_host: parts.headers.contains_key(header::HOST),
+        ..Added::default()
+    }
+}
+
 fn get(path: &str) -> Parts {
     let mut parts = http::Request::get(path).body(()).unwrap().into_parts().0;
     parts
@@ -127,7 +135,7 @@ async fn send(client: &Client, parts: &Parts) -> Result<Response<ResponseBody>, 
     let mut response = client
         .send(
             parts,
-            &Added::default(),
+            &added_for(parts),
             RequestBody::whole(Bytes::new()),
             SECOND,
         )
@@ -197,7 +205,7 @@ async fn a_known_body_is_sent_with_its_length() {
     let body = RequestBody::whole(Bytes::from_static(b"{\"to\":1}"));
     text(
         client(&up)
-            .send(&parts, &Added::default(), body, SECOND)
+            .send(&parts, &added_for(&parts), body, SECOND)
             .await
             .unwrap(),
     )
@@ -364,7 +372,7 @@ async fn an_early_answer_stops_the_upload() {
     let body = RequestBody::whole(Bytes::from(vec![b'x'; 64 * 1024 * 1024]));
     let response = tokio::time::timeout(
         Duration::from_secs(10),
-        client(&up).send(&parts, &Added::default(), body, Duration::from_secs(30)),
+        client(&up).send(&parts, &added_for(&parts), body, Duration::from_secs(30)),
     )
     .await
     .expect("the answer arrives while the body is still being sent")
@@ -381,7 +389,7 @@ async fn no_answer_within_the_timeout_is_a_timeout() {
     let result = client(&up)
         .send(
             &get("/"),
-            &Added::default(),
+            &added_for(&get("/")),
             RequestBody::whole(Bytes::new()),
             timeout,
         )
@@ -480,7 +488,7 @@ async fn end_to_end_headers_are_kept_raw_as_sent_and_in_order() {
     let response = client(&up)
         .send(
             &get("/"),
-            &Added::default(),
+            &added_for(&get("/")),
             RequestBody::whole(Bytes::new()),
             SECOND,
         )
