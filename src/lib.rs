@@ -21,6 +21,7 @@
 //! and client share.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::large_futures)]
 
 pub mod admin;
 pub mod body;

@@ -5,8 +5,14 @@
 //! limiter for one decision, and either forwards (adding the limit headers to the
 //! upstream's response) or renders the configured reply. Nothing here knows how limits
 //! count or where counters live.
+//!
+//! Every future on the way to the upstream is awaited pinned where it is built
+//! (`pin!(f(..)).await`): awaited by value, a future is kept twice in its caller's state,
+//! and the doubling compounds through each level (the request future was 36 KB, copied
+//! whole at every move; pinned, 6 KB). Clippy's `large_futures` guards the size.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -199,44 +205,40 @@ impl Gateway {
         let (body, pending) = if !Idempotency::applies(config, route) {
             (body, Pending::none())
         } else {
-            match self
+            match pin!(self
                 .idempotency
-                .begin(config, route, &identity, client_ip, &parts, body, now)
-                .await
+                .begin(config, route, &identity, client_ip, &parts, body, now))
+            .await
             {
                 Ok(forward) => forward,
                 Err(early) => {
-                    return self
-                        .answer(early, reply, limits, &identity, client_ip)
-                        .await
+                    return pin!(self.answer(early, reply, limits, &identity, client_ip)).await
                 }
             }
         };
         let Some(limits) = limits else {
-            let (response, answered_at) = self
-                .forward(
-                    &snapshot,
-                    parts,
-                    body,
-                    pending,
-                    (peer, tls),
-                    (None, &[]),
-                    None,
-                    (&reply, self.clock.now()),
-                )
-                .await;
+            let (response, answered_at) = pin!(self.forward(
+                &snapshot,
+                parts,
+                body,
+                pending,
+                (peer, tls),
+                (None, &[]),
+                None,
+                (&reply, self.clock.now()),
+            ))
+            .await;
             return self.finish_at(response, reply, Verdict::Exempt, false, answered_at);
         };
-        let enforced = self
-            .enforce(
-                &reply,
-                profile,
-                &identity,
-                client_ip,
-                limits,
-                policy.cost(route),
-            )
-            .await;
+        let enforced = pin!(self.enforce(
+            &reply,
+            profile,
+            &identity,
+            client_ip,
+            limits,
+            policy.cost(route),
+        ))
+        .await;
         let (decision, permit, verdict, decided_at) = match enforced {
             Enforced::Reject(response, verdict) => {
                 return self.finish(response, reply, verdict, false);
@@ -252,18 +254,17 @@ impl Gateway {
             .headline()
             .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
         let held = permit.map(|permit| Held(Arc::new(permit)));
-        let (response, answered_at) = self
-            .forward(
-                &snapshot,
-                parts,
-                body,
-                pending,
-                (peer, tls),
-                (Some(&decision), limits),
-                held,
-                (&reply, decided_at),
-            )
-            .await;
+        let (response, answered_at) = pin!(self.forward(
+            &snapshot,
+            parts,
+            body,
+            pending,
+            (peer, tls),
+            (Some(&decision), limits),
+            held,
+            (&reply, decided_at),
+        ))
+        .await;
         self.finish_at(response, reply, verdict, near_limit, answered_at)
     }
 
@@ -340,9 +341,7 @@ impl Gateway {
                 .then(|| reply.request_id.header_value()),
         };
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
-        let result = pending
-            .forward(&snapshot.upstream, parts, body, forwarded)
-            .await;
+        let result = pin!(pending.forward(&snapshot.upstream, parts, body, forwarded)).await;
         let answered_at = self.clock.now();
         self.timers
             .upstream

@@ -199,7 +199,7 @@ async fn connection(tcp: TcpStream, cx: Context) {
                 max_header_bytes,
                 max_headers,
             };
-            match h1::serve(tcp, env).await {
+            match std::pin::pin!(h1::serve(tcp, env)).await {
                 h1::Served::Closed => return,
                 h1::Served::HandOff(tcp, read) => {
                     replay = read;

@@ -139,8 +139,7 @@ impl Upstream {
         let upgrade = crate::tunnel::requested_here(&parts).cloned();
         let added = prepare_request(&mut parts, forwarded, &self.settings.host, base);
         if let (Some(direct), None) = (&self.direct, &upgrade) {
-            let response = direct
-                .send(&parts, &added, body, self.settings.timeout)
+            let response = std::pin::pin!(direct.send(&parts, &added, body, self.settings.timeout))
                 .await
                 .map_err(|error| self.classify_direct(error))?;
             // The client kept no hop-by-hop header, and keeps the rest in the body.

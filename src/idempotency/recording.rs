@@ -59,7 +59,7 @@ impl Pending {
         forwarded: Forwarded,
     ) -> Result<Response<Body>, UpstreamError> {
         let Some(claim) = self.0 else {
-            return upstream.forward(parts, body, &forwarded).await;
+            return std::pin::pin!(upstream.forward(parts, body, &forwarded)).await;
         };
         let upstream = upstream.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();

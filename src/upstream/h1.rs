@@ -143,8 +143,7 @@ impl Client {
                     (connect.await.map_err(|_| Error::Timeout(timeout))??, false)
                 }
             };
-            let exchange = conn.exchange(&head, body.take(), &parts.method, deadline);
-            match exchange.await {
+            match std::pin::pin!(conn.exchange(&head, body.take(), &parts.method, deadline)).await {
                 Err(Error::Timeout(_)) => return Err(Error::Timeout(timeout)),
                 Err(Error::Closed(_)) if reused && retry => crate::telemetry::upstream_retried(),
                 Err(error) => return Err(error),
