@@ -216,53 +216,59 @@ impl Gateway {
                 }
             }
         };
-        let Some(limits) = limits else {
-            let (response, answered_at) = pin!(self.forward(
-                &snapshot,
-                parts,
-                body,
-                pending,
-                (peer, tls),
-                (None, &[]),
+        let (decision, limits, held, verdict, near_limit, started) = match limits {
+            None => (
                 None,
-                (&reply, self.clock.now()),
-            ))
-            .await;
-            return self.finish_at(response, reply, Verdict::Exempt, false, answered_at);
-        };
-        let enforced = pin!(self.enforce(
-            &reply,
-            profile,
-            &identity,
-            client_ip,
-            limits,
-            policy.cost(route),
-        ))
-        .await;
-        let (decision, permit, verdict, decided_at) = match enforced {
-            Enforced::Reject(response, verdict) => {
-                return self.finish(response, reply, verdict, false);
+                &[][..],
+                None,
+                Verdict::Exempt,
+                false,
+                self.clock.now(),
+            ),
+            Some(limits) => {
+                let enforced = pin!(self.enforce(
+                    &reply,
+                    profile,
+                    &identity,
+                    client_ip,
+                    limits,
+                    policy.cost(route),
+                ))
+                .await;
+                let (decision, permit, verdict, decided_at) = match enforced {
+                    Enforced::Reject(response, verdict) => {
+                        return self.finish(response, reply, verdict, false);
+                    }
+                    Enforced::Forward {
+                        decision,
+                        permit,
+                        verdict,
+                        decided_at,
+                    } => (decision, permit, verdict, decided_at),
+                };
+                let near_limit = decision
+                    .headline()
+                    .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
+                let held = permit.map(|permit| Held(Arc::new(permit)));
+                (
+                    Some(decision),
+                    limits,
+                    held,
+                    verdict,
+                    near_limit,
+                    decided_at,
+                )
             }
-            Enforced::Forward {
-                decision,
-                permit,
-                verdict,
-                decided_at,
-            } => (decision, permit, verdict, decided_at),
         };
-        let near_limit = decision
-            .headline()
-            .is_some_and(|o| u64::from(o.remaining) * 5 <= u64::from(o.limit));
-        let held = permit.map(|permit| Held(Arc::new(permit)));
         let (response, answered_at) = pin!(self.forward(
             &snapshot,
             parts,
             body,
             pending,
             (peer, tls),
-            (Some(&decision), limits),
+            (decision.as_ref(), limits),
             held,
-            (&reply, decided_at),
+            (&reply, started),
         ))
         .await;
         self.finish_at(response, reply, verdict, near_limit, answered_at)
