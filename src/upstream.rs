@@ -411,10 +411,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .cloned()
         .collect();
     // The names `Connection` lists too, read once (`keep-alive` and `close` name nothing
-    // else, or a hop-by-hop header already gone).
+    // else, or a hop-by-hop header already gone). Never `Host`: it is meant for every
+    // recipient (RFC 9110 §7.6.1 forbids listing such fields), and the upstream request's
+    // `Host` was settled before this runs.
     for value in headers.get_all(header::CONNECTION) {
         for token in crate::http1::tokens(value.as_bytes()) {
-            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+            if token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"host")
+            {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token) {

@@ -482,6 +482,40 @@ async fn added_headers_replace_the_requests_own_of_their_names() {
 }
 
 #[tokio::test]
+async fn a_connection_header_cannot_remove_host() {
+    let up = upstream(&[OK]).await;
+    let mut parts = get("/");
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Host, x-drop"));
+    parts
+        .headers
+        .insert("x-drop", HeaderValue::from_static("gone"));
+    let forwarded = crate::upstream::Forwarded {
+        peer: "1.2.3.4".parse().unwrap(),
+        peer_trusted: false,
+        proto: "http",
+        request_id: None,
+    };
+    let host = crate::config::HostHeader::Preserve;
+    let added = crate::upstream::prepare_request(&mut parts, &forwarded, &host, &up.base);
+    let body = RequestBody::whole(Bytes::new());
+    text(
+        client(&up)
+            .send(&parts, &added, body, SECOND)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let sent = up.requests.lock().unwrap()[0].clone();
+    assert!(
+        sent.starts_with("GET / HTTP/1.1\r\nhost: api.example\r\n"),
+        "{sent}"
+    );
+    assert!(!sent.contains("x-drop"), "{sent}");
+}
+
+#[tokio::test]
 async fn end_to_end_headers_are_kept_raw_as_sent_and_in_order() {
     let head = "HTTP/1.1 200 OK\r\nServer: up\r\nX-Kept: 2\r\nConnection: keep-alive\r\nx-kept: 3\r\ncontent-length: 2\r\n\r\nok";
     let up = upstream(&[head]).await;
