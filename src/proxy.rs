@@ -30,7 +30,7 @@ use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, LimitHeaders, Rejection};
-use crate::telemetry::{self, Timers, Verdict};
+use crate::telemetry::{self, durations, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
 mod enforce;
@@ -81,7 +81,6 @@ pub struct Gateway {
     pub shared_slots: Option<Arc<RedisSlots>>,
     /// Idempotency records of routes that take keys.
     pub idempotency: Idempotency,
-    timers: Timers,
     request_ids: RequestIds,
 }
 
@@ -101,7 +100,6 @@ impl Gateway {
             penalties,
             in_flight: InFlight::new(),
             shared_slots: None,
-            timers: Timers::new(),
             request_ids: RequestIds::new(),
         }
     }
@@ -349,9 +347,7 @@ impl Gateway {
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let result = pin!(pending.forward(&snapshot.upstream, parts, body, forwarded)).await;
         let answered_at = self.clock.now();
-        self.timers
-            .upstream
-            .record(nanos_to_secs(answered_at.saturating_sub(started)));
+        durations::UPSTREAM.record(answered_at.saturating_sub(started));
         let answer = match result {
             Ok(mut response) => {
                 if let Some(tunnel) = tunnel {
@@ -411,9 +407,7 @@ impl Gateway {
             verdict,
             near_limit,
         );
-        self.timers
-            .request
-            .record(nanos_to_secs(answered_at.saturating_sub(reply.now)));
+        durations::REQUEST.record(answered_at.saturating_sub(reply.now));
         let stamp = Stamp {
             request_id: reply.request_id,
             limits,
@@ -480,8 +474,4 @@ impl Reply<'_> {
         };
         self.config.responses.render(rejection, &context)
     }
-}
-
-fn nanos_to_secs(nanos: Nanos) -> f64 {
-    nanos as f64 / 1e9
 }

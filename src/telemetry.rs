@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::policy::Policy;
+
+pub mod durations;
 
 /// Requests by route, plan and decision.
 pub const REQUESTS: &str = "sluice_requests_total";
@@ -228,34 +230,6 @@ impl PolicyMetrics {
     }
 }
 
-/// Process-wide histograms, registered once the recorder is installed.
-#[derive(Clone, Debug)]
-pub struct Timers {
-    /// Request head to response head.
-    pub request: Histogram,
-    /// Upstream response headers.
-    pub upstream: Histogram,
-    /// Limiter decision.
-    pub limiter: Histogram,
-}
-
-impl Timers {
-    /// Registers the histograms with the installed recorder.
-    pub fn new() -> Self {
-        Self {
-            request: metrics::histogram!(REQUEST_DURATION),
-            upstream: metrics::histogram!(UPSTREAM_DURATION),
-            limiter: metrics::histogram!(LIMITER_DURATION),
-        }
-    }
-}
-
-impl Default for Timers {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Counts an upstream failure.
 pub fn upstream_error(kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
@@ -383,16 +357,16 @@ pub async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// Bucket bounds of every `_seconds` histogram, in seconds.
+pub const BUCKETS: [f64; 17] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+
 /// Installs the Prometheus recorder; call once, before any config is compiled.
 pub fn install_metrics() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ],
-        )
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
         .expect("bucket list is not empty")
         .install_recorder()
         .expect("the metrics recorder is installed once");
@@ -442,21 +416,6 @@ fn describe() {
     describe_counter!(
         NEAR_LIMIT,
         "Allowed requests that left the caller at 80% or more of a limit."
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Request head to response head."
-    );
-    describe_histogram!(
-        UPSTREAM_DURATION,
-        Unit::Seconds,
-        "Upstream time to response headers."
-    );
-    describe_histogram!(
-        LIMITER_DURATION,
-        Unit::Seconds,
-        "Time for one limiter decision."
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures by kind.");
     describe_counter!(

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use smallvec::SmallVec;
 
-use super::{nanos_to_secs, Gateway, Reply};
+use super::{Gateway, Reply};
 use crate::identity::Identity;
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::concurrency::{Permit, Refused};
@@ -107,9 +107,7 @@ impl Gateway {
             }
         };
         let mut decided_at = self.clock.now();
-        self.timers
-            .limiter
-            .record(nanos_to_secs(decided_at.saturating_sub(now)));
+        crate::telemetry::durations::LIMITER.record(decided_at.saturating_sub(now));
         if !decision.allowed {
             return self
                 .limited(reply, profile, identity, decision, limits)
