@@ -134,7 +134,7 @@ pub fn parse(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Head>, Uns
         } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
             return Err(Unsupported);
         }
-        let name = HeaderName::from_bytes(name).map_err(|_| Unsupported)?;
+        let name = names::lookup(name).ok_or(Unsupported)?;
         names.push((name, range(value)));
     }
     match (length, chunked) {
@@ -184,6 +184,88 @@ fn build(
     parts.version = version;
     parts.headers = headers;
     Some(parts)
+}
+
+/// Header names as this thread's clients send them, parsed once: a name that comes with
+/// every request (`X-API-Key`, `User-Agent`) is otherwise lowercased, matched against the
+/// standard names and, when it is none of them, copied into an allocation of its own for
+/// each request. A direct-mapped table on the name's bytes as sent (any case); a name
+/// that collides with another replaces it, so junk names cost only misses.
+mod names {
+    use std::cell::RefCell;
+
+    use http::header::HeaderName;
+
+    const SLOTS: usize = 64;
+    /// Longer names are parsed every time.
+    const MAX_LEN: usize = 48;
+
+    type Slot = Option<(Box<[u8]>, HeaderName)>;
+
+    thread_local! {
+        static SEEN: RefCell<[Slot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+    }
+
+    /// The header name `raw`, or `None` if it is not one.
+    pub fn lookup(raw: &[u8]) -> Option<HeaderName> {
+        let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
+            return None;
+        };
+        if raw.len() > MAX_LEN {
+            return HeaderName::from_bytes(raw).ok();
+        }
+        let slot = (raw.len() * 7
+            + usize::from(first) * 3
+            + usize::from(last)
+            + usize::from(raw[raw.len() / 2]))
+            % SLOTS;
+        SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            if let Some((bytes, name)) = &seen[slot] {
+                if **bytes == *raw {
+                    return Some(name.clone());
+                }
+            }
+            let name = HeaderName::from_bytes(raw).ok()?;
+            seen[slot] = Some((raw.into(), name.clone()));
+            Some(name)
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_are_parsed_once_and_the_same_every_time() {
+            for _ in 0..3 {
+                for raw in ["X-API-Key", "x-api-key", "Host", "User-Agent", "X-Custom-1"] {
+                    let name = lookup(raw.as_bytes()).unwrap();
+                    assert_eq!(name.as_str(), raw.to_ascii_lowercase());
+                }
+            }
+            let long = "X-".repeat(40);
+            assert_eq!(
+                lookup(long.as_bytes()).unwrap().as_str(),
+                long.to_ascii_lowercase()
+            );
+            assert!(lookup(b"").is_none());
+            assert!(lookup(b"Bad Name").is_none());
+            assert!(
+                lookup(b"Bad Name").is_none(),
+                "a refusal is not cached as a name"
+            );
+        }
+
+        #[test]
+        fn colliding_names_replace_each_other_and_stay_correct() {
+            // Same length and same first, middle and last bytes: the same slot.
+            for _ in 0..3 {
+                assert_eq!(lookup(b"X-ab-Y").unwrap().as_str(), "x-ab-y");
+                assert_eq!(lookup(b"X-cb-Y").unwrap().as_str(), "x-cb-y");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
