@@ -270,9 +270,11 @@ impl KeySource {
     /// The non-empty API key this source finds in `parts`; `None` for a JWT source.
     pub fn key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
         let key = match self {
-            KeySource::Header(name) => parts.headers.get(name)?.to_str().ok()?,
+            KeySource::Header(name) => crate::headers::get(&parts.headers, name)?.to_str().ok()?,
             KeySource::Bearer => {
-                let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+                let value = crate::headers::get(&parts.headers, &AUTHORIZATION)?
+                    .to_str()
+                    .ok()?;
                 let (scheme, token) = value.split_once(' ')?;
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return None;

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod headers;
 pub mod http1;
 pub mod idempotency;
 pub mod identity;

@@ -88,7 +88,11 @@ impl Route {
                 parts
                     .uri
                     .host()
-                    .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
+                    .or_else(|| {
+                        crate::headers::get(&parts.headers, &http::header::HOST)?
+                            .to_str()
+                            .ok()
+                    })
                     .is_some_and(|h| host.matches(h))
             })
     }

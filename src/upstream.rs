@@ -298,7 +298,7 @@ fn prepare_request(
     base: &Uri,
 ) -> Added {
     let headers = &mut parts.headers;
-    let mut original_host = headers.get(header::HOST).cloned();
+    let mut original_host = crate::headers::get(headers, &header::HOST).cloned();
     // An HTTP/2 client names the host in the request's authority, not in `Host`.
     if original_host.is_none() {
         let authority = parts.uri.authority();
@@ -414,7 +414,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // else, or a hop-by-hop header already gone). Never `Host`: it is meant for every
     // recipient (RFC 9110 §7.6.1 forbids listing such fields), and the upstream request's
     // `Host` was settled before this runs.
-    for value in headers.get_all(header::CONNECTION) {
+    // `Connection` is hop-by-hop itself: when the pass found none, nothing is listed.
+    let listed = doomed
+        .contains(&header::CONNECTION)
+        .then(|| crate::headers::get_all(headers, &header::CONNECTION));
+    for value in listed.into_iter().flatten() {
         for token in crate::http1::tokens(value.as_bytes()) {
             if token.eq_ignore_ascii_case(b"keep-alive")
                 || token.eq_ignore_ascii_case(b"close")
@@ -436,9 +440,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether a `Connection` header lists `token` (case-insensitive, as every token there).
 pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
+    crate::headers::get_all(headers, &header::CONNECTION)
         .flat_map(|v| crate::http1::tokens(v.as_bytes()))
         .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }

@@ -135,8 +135,8 @@ impl Jwt {
     /// dot-separated parts). Anything else is left to the next identify source.
     pub fn token<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
         let value = match &self.location {
-            TokenLocation::Bearer => parts.headers.get(AUTHORIZATION)?,
-            TokenLocation::Header(name) => parts.headers.get(name)?,
+            TokenLocation::Bearer => crate::headers::get(&parts.headers, &AUTHORIZATION)?,
+            TokenLocation::Header(name) => crate::headers::get(&parts.headers, name)?,
         };
         let value = value.to_str().ok()?.trim();
         let token = match value.split_once(' ') {

@@ -106,7 +106,7 @@ impl RequestIds {
 
     /// The request's id: the client's usable `X-Request-Id`, or a new one.
     pub fn of(&self, headers: &HeaderMap) -> RequestId {
-        if let Some(id) = headers.get(&X_REQUEST_ID) {
+        if let Some(id) = crate::headers::get(headers, &X_REQUEST_ID) {
             if id.to_str().is_ok() && !id.is_empty() && id.len() <= 200 {
                 return RequestId::Client(id.clone());
             }
