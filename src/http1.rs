@@ -51,10 +51,15 @@ pub fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 
 /// One `Content-Length` value: digits only.
 pub fn length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // Every response has one: parsed in place, with no UTF-8 check or `str::parse`.
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit <= 9).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// The `Content-Length` a message declares (its first, when repeated), if it parses.
@@ -77,6 +82,25 @@ pub fn chunk_size(len: usize, out: &mut [u8; 18]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_digits_only_and_fit_in_64_bits() {
+        assert_eq!(length(b"0"), Some(0));
+        assert_eq!(length(b"0012"), Some(12));
+        assert_eq!(length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x1",
+            b"1a",
+            b"/",
+        ] {
+            assert_eq!(length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn chunk_sizes_are_lowercase_hex() {
