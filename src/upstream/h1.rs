@@ -676,7 +676,11 @@ impl Conn {
 /// Waits until `stream` is readable and reads into `buf`: true when response bytes arrived
 /// (readiness can be stale, so a read may find nothing).
 async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool, Error> {
-    stream.readable().await.map_err(Error::Closed)?;
+    // tokio's one read-readiness slot rather than `readable()`, whose future takes a place
+    // in the socket's waiter list and gives it back: only this exchange reads the socket.
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx))
+        .await
+        .map_err(Error::Closed)?;
     buf.reserve(HEAD_READ);
     match read(stream, buf) {
         Ok(0) => Err(Error::Closed(io::ErrorKind::UnexpectedEof.into())),
