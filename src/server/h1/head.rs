@@ -171,9 +171,9 @@ fn build(
     names: Names,
 ) -> Option<Parts> {
     let uri = Uri::from_maybe_shared(head.slice(target)).ok()?;
-    // Room for the forwarding headers and request id, inserted when hyper's client (an
-    // `https://` or HTTP/2 upstream) sends the request: growing a map rehashes it.
-    let mut headers = HeaderMap::with_capacity(names.len() + 6);
+    // No room for the forwarding headers and request id: sluice's own client writes them
+    // straight into the upstream head, and only hyper's (`https://`, HTTP/2) inserts them.
+    let mut headers = HeaderMap::with_capacity(names.len());
     for (name, value) in names {
         let value = HeaderValue::from_maybe_shared(head.slice(value)).ok()?;
         headers.append(name, value);
