@@ -130,7 +130,7 @@ impl Upstream {
         &self,
         mut parts: Parts,
         body: RequestBody,
-        forwarded: &Forwarded,
+        forwarded: Forwarded,
     ) -> Result<Response<Body>, UpstreamError> {
         let base = match &self.settings.target {
             UpstreamTarget::Demo => return Ok(demo(&parts)),
@@ -293,7 +293,7 @@ fn join(base: &Uri, request: &Uri) -> Uri {
 
 fn prepare_request(
     parts: &mut Parts,
-    forwarded: &Forwarded,
+    forwarded: Forwarded,
     host: &HostHeader,
     base: &Uri,
 ) -> Added {
@@ -312,7 +312,7 @@ fn prepare_request(
         has_host: original_host.is_some(),
         ..Added::default()
     };
-    let peer = ip_header_value(forwarded.peer);
+    let peer = peer_header_value(forwarded.peer);
     let trusted = forwarded.peer_trusted;
     match trusted.then(|| headers.get(&X_FORWARDED_FOR)).flatten() {
         Some(existing) => {
@@ -334,8 +334,8 @@ fn prepare_request(
             added.set(X_FORWARDED_HOST, original);
         }
     }
-    if let Some(id) = &forwarded.request_id {
-        added.set(crate::proxy::X_REQUEST_ID, id.clone());
+    if let Some(id) = forwarded.request_id {
+        added.set(crate::proxy::X_REQUEST_ID, id);
     }
     match host {
         HostHeader::Preserve => {}
@@ -353,6 +353,27 @@ fn prepare_request(
         }
     }
     added
+}
+
+/// An address as a header value. The last one is kept per thread: a connection's requests
+/// all come from one peer, and a clone shares its bytes where a new value is formatted
+/// and allocated.
+fn peer_header_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, value)) if *cached == ip => value.clone(),
+            _ => {
+                let value = ip_header_value(ip);
+                *last = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// An address as a header value; IPv4 (nearly every peer) without going through
@@ -401,7 +422,21 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let hop_by_hop = |name: &HeaderName| is_hop_by_hop(name.as_str().as_bytes());
+    let hop_by_hop = |name: &HeaderName| {
+        // Map keys are lowercase and the standard ones compare as one number: only a name
+        // outside the standard set is compared by its text.
+        [
+            header::CONNECTION,
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+        ]
+        .contains(name)
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+    };
     // One pass over the names, removing only those present: most messages carry none, and
     // most of the rest (every response from an nginx upstream) just `Connection`. Without
     // allocating: this runs for every request and every response.
@@ -509,6 +544,34 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Every name the raw check knows, as map keys.
+        let mut h = HeaderMap::new();
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()));
+            h.insert(name, HeaderValue::from_static("x"));
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn the_peer_value_follows_the_peer() {
+        for ip in ["10.0.0.1", "10.0.0.1", "::1", "10.0.0.2", "10.0.0.1"] {
+            let value = peer_header_value(ip.parse().unwrap());
+            assert_eq!(value, ip);
+        }
     }
 
     fn request_with(headers: HeaderMap) -> Parts {
@@ -530,7 +593,7 @@ mod tests {
             request_id: Some(HeaderValue::from_static("id-1")),
         };
         let mut parts = request_with(h);
-        let added = prepare_request(&mut parts, &untrusted, &HostHeader::Preserve, &base);
+        let added = prepare_request(&mut parts, untrusted, &HostHeader::Preserve, &base);
         assert!(added.replaces(&X_FORWARDED_FOR) && added.replaces(&crate::proxy::X_REQUEST_ID));
         added.apply(&mut parts.headers);
         let h = parts.headers;
@@ -551,7 +614,7 @@ mod tests {
             request_id: None,
         };
         let mut parts = request_with(h);
-        let added = prepare_request(&mut parts, &trusted, &HostHeader::Upstream, &base);
+        let added = prepare_request(&mut parts, trusted, &HostHeader::Upstream, &base);
         assert!(
             !added.replaces(&X_FORWARDED_PROTO),
             "kept from a trusted proxy"

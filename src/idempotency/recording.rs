@@ -59,13 +59,13 @@ impl Pending {
         forwarded: Forwarded,
     ) -> Result<Response<Body>, UpstreamError> {
         let Some(claim) = self.0 else {
-            return std::pin::pin!(upstream.forward(parts, body, &forwarded)).await;
+            return std::pin::pin!(upstream.forward(parts, body, forwarded)).await;
         };
         let upstream = upstream.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             // The record is made from the response's map.
-            let sent = upstream.forward(parts, body, &forwarded).await;
+            let sent = upstream.forward(parts, body, forwarded).await;
             let result = match sent.map(|mut response| {
                 crate::body::headers_into_map(&mut response);
                 response

@@ -467,7 +467,7 @@ async fn added_headers_replace_the_requests_own_of_their_names() {
         request_id: Some(HeaderValue::from_static("id-1")),
     };
     let host = crate::config::HostHeader::Preserve;
-    let added = crate::upstream::prepare_request(&mut parts, &forwarded, &host, &up.base);
+    let added = crate::upstream::prepare_request(&mut parts, forwarded, &host, &up.base);
     let client = client(&up);
     let body = RequestBody::whole(Bytes::new());
     text(client.send(&parts, &added, body, SECOND).await.unwrap()).await;
@@ -498,7 +498,7 @@ async fn a_connection_header_cannot_remove_host() {
         request_id: None,
     };
     let host = crate::config::HostHeader::Preserve;
-    let added = crate::upstream::prepare_request(&mut parts, &forwarded, &host, &up.base);
+    let added = crate::upstream::prepare_request(&mut parts, forwarded, &host, &up.base);
     let body = RequestBody::whole(Bytes::new());
     text(
         client(&up)
