@@ -38,11 +38,7 @@ impl Stamp {
 
     /// Writes the headers as HTTP/1.1 header lines.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        crate::http1::line(
-            out,
-            X_REQUEST_ID.as_str(),
-            self.request_id.as_str().as_bytes(),
-        );
+        crate::http1::line(out, X_REQUEST_ID.as_str(), self.request_id.as_bytes());
         self.limits.encode(out);
     }
 }
@@ -63,6 +59,15 @@ impl RequestId {
             // Checked visible ASCII when taken from the request.
             RequestId::Client(value) => value.to_str().unwrap_or_default(),
             RequestId::Generated(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+        }
+    }
+
+    /// The id's bytes, as they go into a head (no UTF-8 check: hex digits or a value
+    /// checked when taken from the request).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Client(value) => value.as_bytes(),
+            RequestId::Generated(hex) => hex,
         }
     }
 
