@@ -12,7 +12,7 @@ use super::{Gateway, Reply};
 use crate::identity::Identity;
 use crate::limiter::clock::{Nanos, SECOND};
 use crate::limiter::concurrency::{Permit, Refused};
-use crate::limiter::store::OnError;
+use crate::limiter::store::{Checking, OnError};
 use crate::limiter::{Decision, Outcome, INLINE_LIMITS};
 use crate::policy::{Limit, Policy, Profile};
 use crate::response::Rejection;
@@ -92,7 +92,13 @@ impl Gateway {
         };
 
         let checks = Policy::checks(limits, identity, client_ip, cost);
-        let decision = match self.store.check(&checks, now).resolve().await {
+        // Matched here rather than through `resolve`: the memory store's answer is ready,
+        // and an async call would move it (144 bytes) in and out of another future.
+        let checked = match self.store.check(&checks, now) {
+            Checking::Ready(result) => result,
+            Checking::Pending(pending) => pending.await,
+        };
+        let decision = match checked {
             Ok(outcomes) => Decision::from_outcomes(outcomes, &checks),
             Err(error) => {
                 // The breaker logs the outage once; each request only counts.
