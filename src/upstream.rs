@@ -420,36 +420,37 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     NAMES.iter().any(|hop| hop.eq_ignore_ascii_case(name))
 }
 
+/// [`is_hop_by_hop`] for a map key: keys are lowercase and the standard ones compare as one
+/// number, so only the two names outside the standard set are compared by their text (a
+/// comparison with a list of `HeaderName`s costs more). A test checks both agree.
+fn is_hop_by_hop_key(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
 /// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let hop_by_hop = |name: &HeaderName| {
-        // Map keys are lowercase and the standard ones compare as one number: only a name
-        // outside the standard set is compared by its text.
-        [
-            header::CONNECTION,
-            header::PROXY_AUTHENTICATE,
-            header::PROXY_AUTHORIZATION,
-            header::TE,
-            header::TRAILER,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-        ]
-        .contains(name)
-            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
-    };
     // One pass over the names, removing only those present: most messages carry none, and
     // most of the rest (every response from an nginx upstream) just `Connection`. Without
     // allocating: this runs for every request and every response.
     let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| hop_by_hop(name))
+        .filter(|name| is_hop_by_hop_key(name))
         .cloned()
         .collect();
-    // The names `Connection` lists too, read once (`keep-alive` and `close` name nothing
-    // else, or a hop-by-hop header already gone). Never `Host`: it is meant for every
-    // recipient (RFC 9110 §7.6.1 forbids listing such fields), and the upstream request's
-    // `Host` was settled before this runs.
-    // `Connection` is hop-by-hop itself: when the pass found none, nothing is listed.
+    // The names `Connection` lists too, read once, and only when the pass found one
+    // (`keep-alive` and `close` name nothing else, or a hop-by-hop header already gone).
+    // Never `Host`: it is meant for every recipient (RFC 9110 §7.6.1 forbids listing such
+    // fields), and the upstream request's `Host` was settled before this runs.
     let listed = doomed
         .contains(&header::CONNECTION)
         .then(|| crate::headers::get_all(headers, &header::CONNECTION));

@@ -137,6 +137,10 @@ mod tests {
         out
     }
 
+    fn assert_line(text: &str, line: &str) {
+        assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
+    }
+
     #[test]
     fn a_duration_counts_in_the_first_bucket_at_or_above_it() {
         let durations = Durations::new("t_seconds", "Test.");
@@ -146,18 +150,12 @@ mod tests {
         durations.record(31_000_000_000); // above every bound: +Inf only
         let text = rendered(&durations);
         assert!(text.starts_with("# HELP t_seconds Test.\n# TYPE t_seconds histogram\n"));
-        assert!(
-            text.contains("t_seconds_bucket{le=\"0.00001\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t_seconds_bucket{le=\"0.00005\"} 3\n"),
-            "{text}"
-        );
-        assert!(text.contains("t_seconds_bucket{le=\"30\"} 3\n"), "{text}");
-        assert!(text.contains("t_seconds_bucket{le=\"+Inf\"} 4\n"), "{text}");
-        assert!(text.contains("t_seconds_count 4\n"), "{text}");
-        assert!(text.contains("t_seconds_sum 31.000020001\n"), "{text}");
+        assert_line(&text, "t_seconds_bucket{le=\"0.00001\"} 2");
+        assert_line(&text, "t_seconds_bucket{le=\"0.00005\"} 3");
+        assert_line(&text, "t_seconds_bucket{le=\"30\"} 3");
+        assert_line(&text, "t_seconds_bucket{le=\"+Inf\"} 4");
+        assert_line(&text, "t_seconds_count 4");
+        assert_line(&text, "t_seconds_sum 31.000020001");
     }
 
     #[test]
@@ -169,15 +167,9 @@ mod tests {
             }
         });
         let text = rendered(&durations);
-        assert!(
-            text.contains("t_seconds_bucket{le=\"0.001\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t_seconds_bucket{le=\"0.005\"} 8\n"),
-            "{text}"
-        );
-        assert!(text.contains("t_seconds_count 8\n"), "{text}");
+        assert_line(&text, "t_seconds_bucket{le=\"0.001\"} 0");
+        assert_line(&text, "t_seconds_bucket{le=\"0.005\"} 8");
+        assert_line(&text, "t_seconds_count 8");
     }
 
     #[test]

@@ -449,6 +449,21 @@ async fn refused_and_unreachable_upstreams() {
     assert!(matches!(result, Err(Error::Connect(_))), "{result:?}");
 }
 
+/// Prepares `parts` as the proxy does for an untrusted peer at 1.2.3.4 (with `request_id`
+/// generated, if any) and sends it bodiless.
+async fn send_prepared(up: &Upstream, mut parts: Parts, request_id: Option<&'static str>) {
+    let forwarded = crate::upstream::Forwarded {
+        peer: "1.2.3.4".parse().unwrap(),
+        peer_trusted: false,
+        proto: "http",
+        request_id: request_id.map(HeaderValue::from_static),
+    };
+    let host = crate::config::HostHeader::Preserve;
+    let added = crate::upstream::prepare_request(&mut parts, forwarded, &host, &up.base);
+    let body = RequestBody::whole(Bytes::new());
+    text(client(up).send(&parts, &added, body, SECOND).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn added_headers_replace_the_requests_own_of_their_names() {
     let up = upstream(&[OK]).await;
@@ -460,17 +475,7 @@ async fn added_headers_replace_the_requests_own_of_their_names() {
     parts
         .headers
         .insert("x-other", HeaderValue::from_static("kept"));
-    let forwarded = crate::upstream::Forwarded {
-        peer: "1.2.3.4".parse().unwrap(),
-        peer_trusted: false,
-        proto: "http",
-        request_id: Some(HeaderValue::from_static("id-1")),
-    };
-    let host = crate::config::HostHeader::Preserve;
-    let added = crate::upstream::prepare_request(&mut parts, forwarded, &host, &up.base);
-    let client = client(&up);
-    let body = RequestBody::whole(Bytes::new());
-    text(client.send(&parts, &added, body, SECOND).await.unwrap()).await;
+    send_prepared(&up, parts, Some("id-1")).await;
     assert_eq!(
         up.requests.lock().unwrap()[0],
         concat!(
@@ -491,22 +496,7 @@ async fn a_connection_header_cannot_remove_host() {
     parts
         .headers
         .insert("x-drop", HeaderValue::from_static("gone"));
-    let forwarded = crate::upstream::Forwarded {
-        peer: "1.2.3.4".parse().unwrap(),
-        peer_trusted: false,
-        proto: "http",
-        request_id: None,
-    };
-    let host = crate::config::HostHeader::Preserve;
-    let added = crate::upstream::prepare_request(&mut parts, forwarded, &host, &up.base);
-    let body = RequestBody::whole(Bytes::new());
-    text(
-        client(&up)
-            .send(&parts, &added, body, SECOND)
-            .await
-            .unwrap(),
-    )
-    .await;
+    send_prepared(&up, parts, None).await;
     let sent = up.requests.lock().unwrap()[0].clone();
     assert!(
         sent.starts_with("GET / HTTP/1.1\r\nhost: api.example\r\n"),
