@@ -71,6 +71,8 @@ pub struct UpstreamSettings {
     pub host: HostHeader,
     /// HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
     pub http2: bool,
+    /// Bodiless request heads batched into one io_uring submission where possible.
+    pub batch_writes: bool,
     /// For an `https://` upstream: roots, client certificate (ALPN is set by the client).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// SNI and verified name, when not the URL's host.

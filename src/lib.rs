@@ -20,7 +20,8 @@
 //! [`tls`] loads and reloads certificates, [`http1`] holds what sluice's own HTTP/1.1 server
 //! and client share.
 
-#![forbid(unsafe_code)]
+// One module is let off: `upstream::batch` hands buffers to the kernel through io_uring.
+#![deny(unsafe_code)]
 #![warn(clippy::large_futures)]
 
 pub mod admin;
@@ -95,6 +96,7 @@ pub async fn run(
         limits: config.limits.clone(),
     };
     let config_tls = certificate.is_some();
+    let batched_writes = config.upstream.batch_writes && upstream::batched_writes();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
     if let Some((penalties, records, slots)) = shared {
@@ -117,6 +119,7 @@ pub async fn run(
         routes,
         keys,
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        batched_writes,
         "sluice is running"
     );
 

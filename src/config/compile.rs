@@ -1076,6 +1076,7 @@ impl Compiler {
             idle_timeout: file.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             host,
             http2: file.http2.unwrap_or(false),
+            batch_writes: file.batch_writes.unwrap_or(true),
             tls,
             server_name,
         }
