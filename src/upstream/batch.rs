@@ -318,6 +318,16 @@ async fn flusher() {
     .await;
 }
 
+/// Submissions made on this thread so far (probing first).
+#[cfg(test)]
+pub fn submissions() -> u64 {
+    assert!(available(), "io_uring is needed by this test");
+    STATE.with_borrow(|state| match state {
+        State::On(batcher) => batcher.submissions,
+        _ => unreachable!(),
+    })
+}
+
 /// A queued head's write; gives the bytes sent, or `WouldBlock` for none.
 pub struct Sending {
     index: u32,
@@ -332,7 +342,7 @@ impl Future for Sending {
         let (index, generation) = (self.index, self.generation);
         let result = STATE.with_borrow_mut(|state| {
             let State::On(batcher) = state else {
-                // Switched off by a failed submission after this was queued.
+                // Its runtime ended (see `flusher`) and took the batcher: nothing was sent.
                 return Some(Err(io::ErrorKind::WouldBlock.into()));
             };
             let slot = &mut batcher.slots[index as usize];
@@ -416,18 +426,11 @@ mod tests {
         got
     }
 
-    fn submissions() -> u64 {
-        STATE.with_borrow(|state| match state {
-            State::On(batcher) => batcher.submissions,
-            _ => panic!("not batching"),
-        })
-    }
-
     #[tokio::test]
     async fn heads_queued_in_one_turn_leave_in_one_submission_each_to_its_own_socket() {
         assert!(available(), "io_uring is needed by these tests");
         let mut pairs = pairs(40).await;
-        let before = submissions();
+        let before = super::submissions();
         let heads: Vec<Vec<u8>> = (0..pairs.len())
             .map(|i| format!("GET /{i} HTTP/1.1\r\n\r\n").into_bytes())
             .collect();
@@ -443,7 +446,7 @@ mod tests {
         {
             assert_eq!(sent.unwrap(), head.len());
         }
-        assert_eq!(submissions() - before, 1);
+        assert_eq!(super::submissions() - before, 1);
         for ((_, server), head) in pairs.iter_mut().zip(&heads) {
             assert_eq!(&read_exactly(server, head.len()).await, head);
         }

@@ -128,8 +128,7 @@ fn get(path: &str) -> Parts {
     parts
 }
 
-/// Sends `parts` with no body, one second to answer.
-/// Sends `parts`; the response's headers, which the client keeps raw in the body, are
+/// Sends `parts` with no body, one second to answer; the response's headers, which the client keeps raw in the body, are
 /// moved into its map for the tests to read.
 async fn send(client: &Client, parts: &Parts) -> Result<Response<ResponseBody>, Error> {
     let mut response = client
@@ -537,4 +536,49 @@ async fn end_to_end_headers_are_kept_raw_as_sent_and_in_order() {
     ];
     assert_eq!(raw, expected.map(|(n, v)| (n.to_string(), v.to_string())));
     assert_eq!(text(response).await, "ok");
+}
+
+/// A head larger than the socket takes at once goes partly in the batched send and the
+/// rest through the ordinary write, in order.
+#[tokio::test]
+async fn a_head_the_batched_send_leaves_unfinished_is_written_whole() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the head ended early");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        socket.write_all(OK.as_bytes()).await.unwrap();
+        head
+    });
+    let mut parts = get("/big");
+    // Over what loopback buffers hold (4 MiB send, 6 MiB receive at most by default).
+    let value = "v".repeat(16 << 20);
+    parts
+        .headers
+        .insert("x-big", HeaderValue::from_str(&value).unwrap());
+    let client = Client::new(&base, SECOND, Duration::from_secs(60));
+    let submissions = batch::submissions();
+    let response = send(&client, &parts).await.unwrap();
+    assert_eq!(text(response).await, "ok");
+    assert_eq!(
+        batch::submissions(),
+        submissions + 1,
+        "the head went through the batch"
+    );
+    let head = received.await.unwrap();
+    let expected = format!("GET /big HTTP/1.1\r\nhost: api.example\r\nx-big: {value}\r\n\r\n");
+    assert!(
+        head == expected.as_bytes(),
+        "{} bytes arrived, {} sent",
+        head.len(),
+        expected.len()
+    );
 }
