@@ -18,11 +18,17 @@ struct Upstream {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-async fn upstream(responses: &[&'static str]) -> Upstream {
+/// A listener on a loopback port, and its `http://` URL.
+async fn listen() -> (TcpListener, Uri) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap())
         .parse()
         .unwrap();
+    (listener, base)
+}
+
+async fn upstream(responses: &[&'static str]) -> Upstream {
+    let (listener, base) = listen().await;
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(Mutex::new(Vec::new()));
     let queue = Arc::new(Mutex::new(
@@ -438,10 +444,7 @@ async fn a_body_cut_short_is_an_error() {
 
 #[tokio::test]
 async fn refused_and_unreachable_upstreams() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, base) = listen().await;
     drop(listener);
     let client = Client::new(&base, Duration::from_secs(1), Duration::from_secs(60));
     let result = send(&client, &get("/")).await;
@@ -542,10 +545,7 @@ async fn end_to_end_headers_are_kept_raw_as_sent_and_in_order() {
 /// rest through the ordinary write, in order.
 #[tokio::test]
 async fn a_head_the_batched_send_leaves_unfinished_is_written_whole() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, base) = listen().await;
     let received = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut head = Vec::new();
