@@ -13,7 +13,8 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # Everything but the binary. The user is numeric so that Kubernetes' runAsNonRoot can verify it.
 FROM ${RUNTIME_IMAGE} AS runtime
-# The default policy, overridable by mounting a file over it (or passing -c).
+# The default policy (the demo's: it listens on 127.0.0.1, for a pod's or the host's network);
+# mount a directory of your own over /etc/sluice, or pass -c.
 COPY config/sluice.yaml /etc/sluice/sluice.yaml
 USER 65532:65532
 # Container logs go to collectors, not terminals: no ANSI colour codes in them.
