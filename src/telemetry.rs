@@ -29,10 +29,6 @@ pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
 pub const UPSTREAM_CONNECTIONS: &str = "sluice_upstream_connections_opened_total";
 /// Requests sent again on a new connection after their pooled one closed under them.
 pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
-/// io_uring submissions of request heads (`upstream.batch_writes`).
-pub const UPSTREAM_WRITE_BATCHES: &str = "sluice_upstream_write_batches_total";
-/// Request heads sent in those submissions.
-pub const UPSTREAM_BATCHED_HEADS: &str = "sluice_upstream_batched_heads_total";
 /// Counters tracked by the store.
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
@@ -244,12 +240,6 @@ pub fn upstream_connected() {
     metrics::counter!(UPSTREAM_CONNECTIONS).increment(1);
 }
 
-/// One io_uring submission carrying `heads` request heads.
-pub fn upstream_write_batch(heads: usize) {
-    metrics::counter!(UPSTREAM_WRITE_BATCHES).increment(1);
-    metrics::counter!(UPSTREAM_BATCHED_HEADS).increment(heads as u64);
-}
-
 /// A request resent after its pooled connection closed.
 pub fn upstream_retried() {
     metrics::counter!(UPSTREAM_RETRIES).increment(1);
@@ -387,8 +377,6 @@ pub fn install_metrics() -> PrometheusHandle {
     }
     metrics::counter!(UPSTREAM_CONNECTIONS).absolute(0);
     metrics::counter!(UPSTREAM_RETRIES).absolute(0);
-    metrics::counter!(UPSTREAM_WRITE_BATCHES).absolute(0);
-    metrics::counter!(UPSTREAM_BATCHED_HEADS).absolute(0);
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(TUNNELS_OPEN).set(0.0);
@@ -437,14 +425,6 @@ fn describe() {
     describe_counter!(
         UPSTREAM_RETRIES,
         "Requests resent on a new connection after their pooled one closed as they were sent."
-    );
-    describe_counter!(
-        UPSTREAM_WRITE_BATCHES,
-        "io_uring submissions of request heads to the upstream."
-    );
-    describe_counter!(
-        UPSTREAM_BATCHED_HEADS,
-        "Request heads sent in io_uring submissions (over the batches: heads per batch)."
     );
     describe_gauge!(STORE_ENTRIES, "Counters tracked by the store.");
     describe_counter!(

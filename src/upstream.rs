@@ -22,9 +22,6 @@ use hyper_util::rt::TokioExecutor;
 use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
-#[cfg_attr(not(target_os = "linux"), path = "upstream/batch_none.rs")]
-#[allow(unsafe_code)]
-mod batch;
 mod h1;
 
 /// A response body streamed by sluice's own HTTP/1.1 client.
@@ -113,10 +110,11 @@ impl Upstream {
             UpstreamTarget::Http(base)
                 if base.scheme() == Some(&http::uri::Scheme::HTTP) && !settings.http2 =>
             {
-                Some(Arc::new(
-                    h1::Client::new(base, settings.connect_timeout, settings.idle_timeout)
-                        .batch_writes(settings.batch_writes),
-                ))
+                Some(Arc::new(h1::Client::new(
+                    base,
+                    settings.connect_timeout,
+                    settings.idle_timeout,
+                )))
             }
             _ => None,
         };
@@ -204,12 +202,6 @@ impl Upstream {
             source: Box::new(error),
         }
     }
-}
-
-/// Whether request heads can be batched on this thread (`upstream.batch_writes`): the
-/// single-threaded runtime on a kernel that allows io_uring.
-pub fn batched_writes() -> bool {
-    batch::available()
 }
 
 /// What the upstream is told about the original request.

@@ -287,6 +287,7 @@ pub fn compile_in(
         reload,
         inputs: Vec::new(),
         sha256: [0; 32],
+        warnings: Vec::new(),
     })
 }
 
@@ -1076,7 +1077,6 @@ impl Compiler {
             idle_timeout: file.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             host,
             http2: file.http2.unwrap_or(false),
-            batch_writes: file.batch_writes.unwrap_or(true),
             tls,
             server_name,
         }

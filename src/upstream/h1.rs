@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::{chunk_size, line, read, RawHeaders};
-use crate::upstream::{batch, Added};
+use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -88,8 +88,6 @@ pub struct Client {
     prefix: String,
     connect_timeout: Duration,
     pool: Arc<Pool>,
-    /// Bodiless request heads go out in batches (`upstream.batch_writes`).
-    batch: bool,
 }
 
 impl Client {
@@ -112,15 +110,7 @@ impl Client {
                 idle_timeout,
                 sweeping: AtomicBool::new(false),
             }),
-            batch: true,
         }
-    }
-
-    /// Whether bodiless request heads are written in batches where io_uring allows
-    /// (the default) or each with its own system call.
-    pub fn batch_writes(mut self, batch: bool) -> Self {
-        self.batch = batch;
-        self
     }
 
     /// Sends the request (hop-by-hop headers already removed) and returns the response head
@@ -142,16 +132,13 @@ impl Client {
         // when that is safe: no body to replay, and a method the upstream may see twice.
         let retry = bodyless && parts.method.is_idempotent();
         let mut body = (!bodyless).then_some(body);
-        // Without batched writes (`batch`), let the other requests that became ready in
-        // this turn of the event loop get this far too, so that their writes reach the
-        // upstream back to back: an upstream on the same CPU (a sidecar) is woken by a write
-        // and often given the CPU at once, and writes spread out between the requests' other
-        // work wake it once per request. Here rather than in the exchange: the response
-        // timer is polled only while the response is awaited, not again for this turn.
-        let batched = bodyless && self.batch && batch::available();
-        if !batched {
-            tokio::task::yield_now().await;
-        }
+        // Let the other requests that became ready in this turn of the event loop get this
+        // far too, so that their writes reach the upstream back to back: an upstream on the
+        // same CPU (a sidecar) is woken by a write and often given the CPU at once, and
+        // writes spread out between the requests' other work wake it once per request. Here
+        // rather than in the exchange: the response timer is polled only while the response
+        // is awaited, not again for this turn.
+        tokio::task::yield_now().await;
         loop {
             let (conn, reused) = match self.pool.take(now) {
                 Some(conn) => (conn, true),
@@ -163,15 +150,7 @@ impl Client {
                     (connect.await.map_err(|_| Error::Timeout(timeout))??, false)
                 }
             };
-            match std::pin::pin!(conn.exchange(
-                &head,
-                body.take(),
-                &parts.method,
-                deadline,
-                batched
-            ))
-            .await
-            {
+            match std::pin::pin!(conn.exchange(&head, body.take(), &parts.method, deadline)).await {
                 Err(Error::Timeout(_)) => return Err(Error::Timeout(timeout)),
                 Err(Error::Closed(_)) if reused && retry => crate::telemetry::upstream_retried(),
                 Err(error) => return Err(error),
@@ -412,7 +391,6 @@ impl Conn {
         body: Option<RequestBody>,
         method: &Method,
         deadline: tokio::time::Instant,
-        batched: bool,
     ) -> Result<(Head, Self), Error> {
         let mut timer = self
             .timer
@@ -421,7 +399,7 @@ impl Conn {
         timer.as_mut().reset(deadline);
         let result = tokio::select! {
             biased;
-            result = self.request(head, body, method, batched) => result,
+            result = self.request(head, body, method) => result,
             () = timer.as_mut() => Err(Error::Timeout(Duration::ZERO)),
         };
         self.timer = Some(timer);
@@ -433,21 +411,11 @@ impl Conn {
         head: &[u8],
         body: Option<RequestBody>,
         method: &Method,
-        batched: bool,
     ) -> Result<Head, Error> {
         let mut complete = true;
         match body {
             None => {
-                let mut slices = [IoSlice::new(head)];
-                let mut rest = &mut slices[..];
-                if let Some(sending) = batched.then(|| batch::send(&self.stream, head)).flatten() {
-                    match sending.await {
-                        Ok(sent) => IoSlice::advance_slices(&mut rest, sent),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(Error::Closed(e)),
-                    }
-                }
-                self.write(rest, false).await?;
+                self.write(&mut [IoSlice::new(head)], false).await?;
             }
             // Boxed for the same reason as connecting: bodiless requests need none of it.
             Some(body) => complete = Box::pin(self.send_body(head, body)).await?,
