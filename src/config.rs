@@ -71,6 +71,9 @@ pub struct UpstreamSettings {
     pub host: HostHeader,
     /// HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
     pub http2: bool,
+    /// Most idle connections kept for reuse; 0 (`keepalive: false`) reuses none and asks
+    /// the upstream to close each connection after its response.
+    pub max_idle: usize,
     /// For an `https://` upstream: roots, client certificate (ALPN is set by the client).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// SNI and verified name, when not the URL's host.
