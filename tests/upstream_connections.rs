@@ -13,8 +13,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use support::raw_upstream::{raw_upstream, read_request};
 use support::Sluice;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 fn start(upstream: SocketAddr, settings: &str) -> (Sluice, tempfile::TempDir) {
@@ -25,47 +26,6 @@ fn start(upstream: SocketAddr, settings: &str) -> (Sluice, tempfile::TempDir) {
          plans: {{ p: {{ limits: {{ all: 1000000/s }} }} }}\n"
     ));
     (Sluice::start(&path, &[]), dir)
-}
-
-/// One request read off a raw socket: its head (lower-cased), method, path and body (by
-/// `content-length`).
-struct Received {
-    head: String,
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-/// Reads the next request from `socket` (`pending` keeps what came after it); `None` when
-/// the connection ends first.
-async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Received> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if pending.len() >= end + 4 + length {
-                let mut words = head.split(' ');
-                let method = words.next().unwrap_or_default().to_ascii_uppercase();
-                let path = words.next().unwrap_or_default().to_string();
-                let body = pending[end + 4..end + 4 + length].to_vec();
-                pending.drain(..end + 4 + length);
-                return Some(Received {
-                    head: head + "\r\n",
-                    method,
-                    path,
-                    body,
-                });
-            }
-        }
-        match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 /// How an upstream that closes after every response (without `Connection: close`) closes.
@@ -223,36 +183,6 @@ async fn an_upstream_closing_after_every_response_costs_no_request() {
         // attempt was reset unread, and so never answered).
         assert_eq!(answered.load(Ordering::SeqCst), sent as u64, "{closing:?}");
     }
-}
-
-/// Serves keep-alive connections with `answer` called for each request read (it writes the
-/// response itself); counts the connections accepted.
-async fn raw_upstream<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicU64>)
-where
-    F: Fn(TcpStream, Received) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Option<TcpStream>> + Send,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while let Some(request) = read_request(&mut socket, &mut pending).await {
-                    match answer(socket, request).await {
-                        Some(kept) => socket = kept,
-                        None => return,
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
 }
 
 /// The median of `samples`.
