@@ -36,7 +36,7 @@ use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::body::{BodyError, RequestBody};
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::{chunk_size, line, read, RawHeaders};
 use crate::upstream::Added;
@@ -390,8 +390,6 @@ impl Outgoing {
     }
 }
 
-type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Idle connections, most recently used last.
 #[derive(Debug)]
 struct Pool {
@@ -427,6 +425,9 @@ impl Pool {
     }
 
     fn put(self: &Arc<Self>, mut conn: Conn) {
+        if self.max_idle == 0 {
+            return;
+        }
         if conn.buf.capacity() > KEPT_BUFFER {
             conn.buf = BytesMut::new();
         }
@@ -864,7 +865,7 @@ fn quick_ack(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
 }
 
-/// Elsewhere the option does not exist (the BSDs acknowledge a push at once).
+/// Elsewhere there is no such option: ACKs are as the kernel delays them.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn quick_ack(_: &TcpStream) {}
 
