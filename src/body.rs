@@ -100,13 +100,20 @@ pub fn headers_into_map(response: &mut Response<Body>) {
 /// Why a response body failed.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Passes an upstream body's frame on, letting go of `held` once the body ended or failed.
-fn release_at_end<E: Into<BodyError>>(
+/// Passes an upstream body's frame on, letting go of `held` once the body ended or failed;
+/// a failure is the upstream's (`reset_body`): the client's side of a response is written
+/// by the server, which never fails this body.
+fn release_at_end<E: Into<BodyError> + std::fmt::Display>(
     frame: Poll<Option<Result<Frame<Bytes>, E>>>,
     held: &mut Option<Held>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-        *held = None;
+    match &frame {
+        Poll::Ready(None) => *held = None,
+        Poll::Ready(Some(Err(error))) => {
+            *held = None;
+            crate::upstream::report(crate::upstream::Failure::ResetBody, error, None);
+        }
+        _ => {}
     }
     frame.map_err(Into::into)
 }

@@ -366,11 +366,20 @@ impl Gateway {
                 tracing::debug!(%error, request_id = reply.request_id(), "request body cut off");
                 reply.reject(Rejection::PayloadTooLarge, decision, limits)
             }
+            Err(UpstreamError::ClientBody(error)) => {
+                crate::upstream::client_aborted(&error, reply.request_id());
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = http::StatusCode::BAD_REQUEST;
+                (response, LimitHeaders::default())
+            }
             Err(error) => {
-                telemetry::upstream_error(error.kind());
-                tracing::warn!(%error, request_id = reply.request_id(), "upstream failed");
+                if let Some(kind) = error.kind() {
+                    crate::upstream::report(kind, &error, Some(reply.request_id()));
+                }
                 let rejection = match error {
-                    UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
+                    UpstreamError::Timeout(_) | UpstreamError::ConnectTimeout(_) => {
+                        Rejection::UpstreamTimeout
+                    }
                     _ => Rejection::UpstreamUnavailable,
                 };
                 reply.reject(rejection, decision, limits)
