@@ -77,6 +77,8 @@ pub async fn run(
             let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
+            // This replica, until the first heartbeat counts the others.
+            telemetry::store_replicas(1);
             let penalties = store.penalties(config.store.max_entries, clock.clone());
             let slots = store.slots();
             let store = Arc::new(store);

@@ -4,6 +4,7 @@
 //! final list of limits, so the request path does one route scan and one table lookup.
 //! Owns matching and limit resolution; does not count (the limiter does) or identify.
 
+mod callers;
 pub mod matcher;
 
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use http::request::Parts;
 use crate::config::file::Scope;
 use crate::identity::{ip_hash, Identifier, Identity};
 use crate::limiter::{Algorithm, Check, CounterKey, Quota, INLINE_LIMITS};
+pub use callers::Callers;
 use matcher::{HostPattern, MethodSet, PathPattern};
 
 /// Index of a profile in `Policy::profiles`.

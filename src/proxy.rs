@@ -30,7 +30,7 @@ use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, LimitHeaders, Rejection};
-use crate::telemetry::{self, durations, Verdict};
+use crate::telemetry::{self, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
 mod enforce;
@@ -347,7 +347,12 @@ impl Gateway {
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let result = pin!(pending.forward(&snapshot.upstream, parts, body, forwarded)).await;
         let answered_at = self.clock.now();
-        durations::UPSTREAM.record(answered_at.saturating_sub(started));
+        snapshot
+            .config
+            .metrics
+            .durations(reply.route, reply.plan)
+            .upstream
+            .record(answered_at.saturating_sub(started));
         let answer = match result {
             Ok(mut response) => {
                 if let Some(tunnel) = tunnel {
@@ -400,14 +405,14 @@ impl Gateway {
         answered_at: Nanos,
     ) -> (Response<Body>, Stamp) {
         let config = reply.config;
-        config.metrics.record(
-            config.policy.routes.len(),
-            reply.route,
-            reply.plan,
-            verdict,
-            near_limit,
-        );
-        durations::REQUEST.record(answered_at.saturating_sub(reply.now));
+        config
+            .metrics
+            .record(reply.route, reply.plan, verdict, near_limit);
+        config
+            .metrics
+            .durations(reply.route, reply.plan)
+            .request
+            .record(answered_at.saturating_sub(reply.now));
         let stamp = Stamp {
             request_id: reply.request_id,
             limits,

@@ -113,7 +113,12 @@ impl Gateway {
             }
         };
         let mut decided_at = self.clock.now();
-        crate::telemetry::durations::LIMITER.record(decided_at.saturating_sub(now));
+        reply
+            .config
+            .metrics
+            .durations(reply.route, reply.plan)
+            .limiter
+            .record(decided_at.saturating_sub(now));
         if !decision.allowed {
             return self
                 .limited(reply, profile, identity, decision, limits)
