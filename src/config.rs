@@ -2,11 +2,12 @@
 //! reports every problem as `file:line:column: message`.
 //!
 //! Owns the runtime `Config` and its error type. The serde types are in `file`, the
-//! semantic checks in `compile`, the units (`100/min`, `2s`) in `units` and source
-//! positions in `location`.
+//! semantic checks in `compile`, the warnings about valid configs in `lint`, the units
+//! (`100/min`, `2s`) in `units` and source positions in `location`.
 
 pub mod compile;
 pub mod file;
+pub mod lint;
 pub mod location;
 pub mod schema;
 pub mod units;
@@ -203,6 +204,8 @@ pub struct Config {
     pub inputs: Vec<InputFile>,
     /// SHA-256 of the texts of `inputs`, concatenated in order.
     pub sha256: [u8; 32],
+    /// What is valid but surely not meant (see `lint`), placed like errors.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Hot reload settings.
@@ -324,12 +327,9 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         });
         digest.update(keys_text.as_bytes());
     }
-    let compiled = compile::compile_in(file, keys, dir).map(|mut config| {
-        config.inputs = inputs;
-        config.sha256 = digest.finalize().into();
-        config
-    });
-    compiled.map_err(|problems| {
+    let declared: Vec<String> = file.plans.keys().cloned().collect();
+    // Problems become `file:line:column: path: message`, sorted by place.
+    let place = |problems: Vec<compile::Problem>| -> Vec<ConfigError> {
         let main = Locations::index(text);
         let keys_locations = Locations::index(&keys_text);
         let mut errors: Vec<ConfigError> = problems
@@ -360,8 +360,16 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         errors.sort_by_key(|e| (e.file != name, e.line, e.column));
         // A route limit is validated once per plan that uses it: report each problem once.
         errors.dedup();
-        ConfigErrors(errors)
-    })
+        errors
+    };
+    let mut config = compile::compile_in(file, keys, dir).map_err(|p| ConfigErrors(place(p)))?;
+    config.inputs = inputs;
+    config.sha256 = digest.finalize().into();
+    let warnings = lint::warnings(&config, &declared);
+    if !warnings.is_empty() {
+        config.warnings = place(warnings);
+    }
+    Ok(config)
 }
 
 /// Joins the relative file paths of a config to the config's directory.

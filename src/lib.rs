@@ -61,6 +61,9 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let tcp = server::bind(config.listen).await?;
     let admin_listener = server::bind(config.admin_listen).await?;
     let (routes, keys) = (

@@ -1,5 +1,5 @@
 //! The deployment kit stays true to the binary: every file under deploy/ parses, the
-//! policies in it compile, the manifests validate, and every metric the dashboard and the
+//! policies in it compile without warnings, the manifests validate, and every metric the dashboard and the
 //! alert rules use is one sluice really exports — checked by a real Prometheus scrape.
 
 use std::collections::BTreeSet;
@@ -60,13 +60,16 @@ fn every_file_parses_and_every_policy_compiles() {
                         .and_then(|d| d.get("sluice.yaml"))
                         .and_then(|p| p.as_str())
                     {
-                        sluice::config::load_str(policy, &path.display().to_string(), None)
-                            .unwrap_or_else(|e| panic!("{e}"));
+                        let config =
+                            sluice::config::load_str(policy, &path.display().to_string(), None)
+                                .unwrap_or_else(|e| panic!("{e}"));
+                        assert_eq!(config.warnings, [], "{}", path.display());
                         policies += 1;
                     }
                 }
                 if path.parent().is_some_and(|p| p.ends_with("compose")) {
-                    sluice::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    let config = sluice::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(config.warnings, [], "{}", path.display());
                     policies += 1;
                 }
             }

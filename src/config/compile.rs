@@ -301,6 +301,7 @@ pub fn compile_in(
         reload,
         inputs: Vec::new(),
         sha256: [0; 32],
+        warnings: Vec::new(),
     })
 }
 
