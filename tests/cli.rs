@@ -166,6 +166,24 @@ fn check_json_prints_the_policy_or_the_errors() {
         .starts_with("routes[0].limit: malformed rate"));
 }
 
+/// The policy in README.md's tour, as written.
+fn readme_tour() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let tour = &readme[readme.find("## A tour of the YAML").unwrap()..];
+    let start = tour.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + tour[start..].find("```").unwrap();
+    tour[start..end].to_string()
+}
+
+#[test]
+fn the_readme_tour_checks_without_warnings() {
+    let (code, stdout, stderr) = check(&readme_tour());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr, "");
+    assert!(stdout.contains("plan anonymous (client ips)\n"), "{stdout}");
+}
+
 /// `sluice … | head` closes the pipe early: every command ends quietly, with its own status.
 #[test]
 fn a_closed_stdout_ends_every_command_quietly() {
