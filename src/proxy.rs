@@ -348,10 +348,8 @@ impl Gateway {
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let result = pin!(pending.forward(&snapshot.upstream, parts, body, forwarded)).await;
         let answered_at = self.clock.now();
-        snapshot
-            .config
-            .metrics
-            .durations(reply.route, reply.plan)
+        reply
+            .durations()
             .upstream
             .record(answered_at.saturating_sub(started));
         let answer = match result {
@@ -409,9 +407,8 @@ impl Gateway {
         config
             .metrics
             .record(reply.route, reply.plan, verdict, near_limit);
-        config
-            .metrics
-            .durations(reply.route, reply.plan)
+        reply
+            .durations()
             .request
             .record(answered_at.saturating_sub(reply.now));
         let stamp = Stamp {
@@ -436,6 +433,11 @@ struct Reply<'a> {
 impl Reply<'_> {
     fn request_id(&self) -> &str {
         self.request_id.as_str()
+    }
+
+    /// The duration histograms of this request's route and plan.
+    fn durations(&self) -> &telemetry::durations::Set {
+        self.config.metrics.durations(self.route, self.plan)
     }
 
     /// The penalty box's 429: `Retry-After` and the reset are the end of the block.

@@ -2,6 +2,8 @@
 //! policies in it compile without warnings, the manifests validate, and every metric the dashboard and the
 //! alert rules use is one sluice really exports — checked by a real Prometheus scrape.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -209,26 +211,7 @@ fn a_real_prometheus_scrapes_every_metric_the_kit_uses() {
     }
 
     let (_, exposition) = get(admin_addr, "/metrics").unwrap();
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    support::promtool_check_metrics(&exposition);
 
     let used = metrics_used();
     assert!(used.len() >= 8, "{used:?}");

@@ -5,10 +5,8 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
-use support::{config_file, Sluice};
+use support::{config_file, promtool_check_metrics, Sluice};
 
 /// The README's budget for a policy with no shadow limits, penalty box, idempotency keys or
 /// `on_error: deny`, with `routes` routes and `plans` plans callers can reach, and `sets`
@@ -41,29 +39,6 @@ fn of<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
                     .any(|s| name.strip_suffix(s) == Some(metric))
         })
         .collect()
-}
-
-fn promtool_passes(text: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by scripts/test");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
 }
 
 /// The shipped default config, on ephemeral ports.
@@ -103,7 +78,7 @@ async fn the_default_config_exports_what_it_can_produce_in_a_stable_order() {
     // The replica count belongs to the Redis store.
     assert!(!first.contains("sluice_store_replicas"), "{first}");
     assert_eq!(of(&first, "sluice_request_duration_seconds").len(), 20);
-    promtool_passes(&first);
+    promtool_check_metrics(&first);
 
     // Traffic moves values, never the order of series.
     let mut conn = sluice.connect().await;
@@ -171,7 +146,7 @@ async fn fifty_routes_and_ten_plans_stay_within_the_budget() {
     // unauthorized, then allowed and limited under each plan, for 50 routes and unmatched.
     assert_eq!(of(&text, "sluice_requests_total").len(), 51 * 21);
     assert_eq!(of(&text, "sluice_near_limit_total").len(), 51 * 10);
-    promtool_passes(&text);
+    promtool_check_metrics(&text);
 }
 
 #[tokio::test]
@@ -191,7 +166,7 @@ async fn histograms_carry_the_labels_asked_for() {
         !text.contains("plan=\"plan-3\",le="),
         "no plan label unless asked"
     );
-    promtool_passes(&text);
+    promtool_check_metrics(&text);
 
     let (_dir, path) = config_file(&large_config("[route, plan]"));
     let sluice = Sluice::start(&path, &[]);
@@ -207,5 +182,5 @@ async fn histograms_carry_the_labels_asked_for() {
         20 * 51 * 11
     );
     assert!(samples(&text).len() <= budget(50, 10, 51 * 11));
-    promtool_passes(&text);
+    promtool_check_metrics(&text);
 }

@@ -2,18 +2,21 @@
 //! `sluice check --json` and `/admin/config` return. Every plan, route and limit with where
 //! its value came from; never a secret (keys, JWT secrets, passwords, the admin token).
 
-use std::fmt::Write as _;
+mod document;
+mod text;
 
 use serde::Serialize;
 
 use crate::config::file::Scope;
 use crate::config::units::{HumanDuration, Rate};
-use crate::config::{Config, ConfigError, UpstreamTarget};
+use crate::config::{Config, UpstreamTarget};
 use crate::identity::jwt::TokenLocation;
 use crate::identity::{Fallback, KeySource};
 use crate::limiter::Algorithm;
 use crate::policy::{Callers, Limit, LimitSet, Policy};
 use crate::telemetry::UNMATCHED;
+
+pub use document::{problems, Document, File, Problem};
 
 /// The compiled config, for people and programs.
 #[derive(Debug, Serialize)]
@@ -217,158 +220,6 @@ impl Summary {
                 .collect(),
         }
     }
-
-    /// The summary as `sluice check` prints it.
-    pub fn text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "listen {}  admin {}  upstream {}  store {}",
-            self.listen, self.admin.listen, self.upstream, self.store.backend
-        );
-        let identify = &self.identify;
-        let sources = if identify.sources.is_empty() {
-            "no key sources".to_string()
-        } else {
-            identify.sources.join(", then ")
-        };
-        let _ = writeln!(
-            out,
-            "identify: {sources}; {} registered {}",
-            identify.registered_keys,
-            if identify.registered_keys == 1 {
-                "key"
-            } else {
-                "keys"
-            }
-        );
-        let _ = writeln!(
-            out,
-            "  callers without a key: {}",
-            identify.anonymous.text()
-        );
-        let _ = writeln!(out, "  unknown keys: {}", identify.unknown_key.text());
-        for plan in &self.plans {
-            let callers = if plan.callers.is_empty() {
-                "nobody lands in it".to_string()
-            } else {
-                plan.callers.join(", ")
-            };
-            if !plan.access {
-                let _ = writeln!(out, "plan {} ({callers}): access denied (403)", plan.name);
-                continue;
-            }
-            let penalty = plan
-                .penalty
-                .as_ref()
-                .map(|p| format!(", penalty box: {p}"))
-                .unwrap_or_default();
-            let _ = writeln!(out, "plan {} ({callers}){penalty}", plan.name);
-            for (on_route, route) in plan.routes.iter().zip(self.route_patterns()) {
-                let name = &on_route.route;
-                if on_route.exempt {
-                    let _ = writeln!(out, "  {name:<16} {route:<28} exempt");
-                } else if on_route.limits.is_empty() {
-                    let _ = writeln!(out, "  {name:<16} {route:<28} no limits");
-                }
-                for (i, limit) in on_route.limits.iter().enumerate() {
-                    let (name, route) = if i == 0 { (&**name, &*route) } else { ("", "") };
-                    let _ = writeln!(out, "  {name:<16} {route:<28} {}", limit.text());
-                }
-            }
-        }
-        out
-    }
-
-    /// `METHODS PATH [host HOST]` of every route, then an empty one for unmatched requests.
-    fn route_patterns(&self) -> impl Iterator<Item = String> + '_ {
-        self.routes
-            .iter()
-            .map(|r| match &r.host {
-                None => format!("{} {}", r.methods, r.path),
-                Some(host) => format!("{} {}{}", r.methods, host, r.path),
-            })
-            .chain(std::iter::once(String::new()))
-    }
-}
-
-/// What `sluice check --json` prints and `/admin/config` returns: where the config came
-/// from, the summary, and the warnings.
-#[derive(Debug, Serialize)]
-pub struct Document {
-    /// The config file (none for the embedded default).
-    pub source: Option<String>,
-    /// SHA-256 of the config text followed by the keys file's.
-    pub sha256: String,
-    /// Each file read, with its own SHA-256.
-    pub files: Vec<File>,
-    /// When it took effect (`/admin/config` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loaded_at: Option<String>,
-    /// The same in unix milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loaded_at_unix_ms: Option<u64>,
-    /// The compiled policy.
-    pub policy: Summary,
-    /// What is valid but surely not meant.
-    pub warnings: Vec<Problem>,
-}
-
-/// A file a config was read from.
-#[derive(Debug, Serialize)]
-pub struct File {
-    /// Its path.
-    pub path: String,
-    /// SHA-256 of its text.
-    pub sha256: String,
-}
-
-/// A problem in a config, placed.
-#[derive(Debug, Serialize)]
-pub struct Problem {
-    /// The file.
-    pub file: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// The config path and what is wrong.
-    pub message: String,
-}
-
-impl Document {
-    /// The document of `config`.
-    pub fn of(config: &Config) -> Self {
-        Document {
-            source: config.source.as_ref().map(|p| p.display().to_string()),
-            sha256: hex::encode(config.sha256),
-            files: config
-                .inputs
-                .iter()
-                .map(|f| File {
-                    path: f.path.display().to_string(),
-                    sha256: hex::encode(f.sha256),
-                })
-                .collect(),
-            loaded_at: None,
-            loaded_at_unix_ms: None,
-            policy: Summary::of(config),
-            warnings: problems(&config.warnings),
-        }
-    }
-}
-
-/// Problems, for JSON.
-pub fn problems(problems: &[ConfigError]) -> Vec<Problem> {
-    problems
-        .iter()
-        .map(|p| Problem {
-            file: p.file.clone(),
-            line: p.line,
-            column: p.column,
-            message: p.message.clone(),
-        })
-        .collect()
 }
 
 impl FallbackView {
@@ -384,13 +235,6 @@ impl FallbackView {
                 plan: plan(profile),
                 per: "ip",
             },
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            FallbackView::Reject(_) => "rejected (401)".into(),
-            FallbackView::Plan { plan, per } => format!("counted per {per} under plan {plan}"),
         }
     }
 }
@@ -515,37 +359,6 @@ impl LimitView {
             shadow: limit.shadow,
             origin: limit.origin.as_str(),
         }
-    }
-
-    /// `send: 120/min sliding_window per key (route)`, `jobs: 5 in flight per ip (route)`.
-    pub fn text(&self) -> String {
-        let mut out = format!("{}: ", self.name);
-        match (&self.rate, self.concurrency) {
-            (Some(rate), _) => {
-                let _ = write!(out, "{rate} {}", self.algorithm);
-            }
-            (None, Some(n)) => {
-                let _ = write!(out, "{n} in flight");
-            }
-            (None, None) => {}
-        }
-        if let Some(burst) = self.burst {
-            let _ = write!(out, " burst {burst}");
-        }
-        if let Some(delay) = self.delay_ms {
-            let _ = write!(out, " delay {delay}ms");
-        }
-        match self.per {
-            "global" => out.push_str(" global"),
-            per => {
-                let _ = write!(out, " per {per}");
-            }
-        }
-        if self.shadow {
-            out.push_str(" shadow");
-        }
-        let _ = write!(out, " ({})", self.origin);
-        out
     }
 }
 

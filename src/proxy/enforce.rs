@@ -114,9 +114,7 @@ impl Gateway {
         };
         let mut decided_at = self.clock.now();
         reply
-            .config
-            .metrics
-            .durations(reply.route, reply.plan)
+            .durations()
             .limiter
             .record(decided_at.saturating_sub(now));
         if !decision.allowed {

@@ -56,7 +56,9 @@ pub struct PolicyMetrics {
     /// Route × plan.
     near_limit: Vec<OnceLock<Counter>>,
     histogram_labels: HistogramLabels,
-    /// One per label set `histogram_labels` makes.
+    /// The one set when the histograms carry no labels (the default): no lookup per record.
+    unlabelled: Option<Arc<Set>>,
+    /// One per label set `histogram_labels` makes, otherwise.
     durations: Vec<OnceLock<Arc<Set>>>,
 }
 
@@ -86,7 +88,7 @@ impl PolicyMetrics {
         let slots = routes.len() * plans.len();
         let labels = settings.histogram_labels;
         let histogram_slots = match (labels.route, labels.plan) {
-            (false, false) => 1,
+            (false, false) => 0,
             (true, false) => routes.len(),
             (false, true) => plans.len(),
             (true, true) => slots,
@@ -99,6 +101,8 @@ impl PolicyMetrics {
                 .collect(),
             near_limit: (0..slots).map(|_| OnceLock::new()).collect(),
             histogram_labels: labels,
+            unlabelled: (labels == HistogramLabels::default())
+                .then(|| durations::set(Labels::default())),
             durations: (0..histogram_slots).map(|_| OnceLock::new()).collect(),
         };
         let (verdicts, near_limit) = possible(policy, &settings);
@@ -112,7 +116,7 @@ impl PolicyMetrics {
             if near_limit {
                 metrics.near_limit_counter(route, plan);
             }
-            if verdicts != 0 {
+            if verdicts != 0 && metrics.unlabelled.is_none() {
                 metrics.durations_at(route, plan);
             }
         }
@@ -136,6 +140,9 @@ impl PolicyMetrics {
 
     /// The histograms a request on `route` by a caller of `plan` records into.
     pub fn durations(&self, route: Option<usize>, plan: Option<usize>) -> &Set {
+        if let Some(set) = &self.unlabelled {
+            return set;
+        }
         let (route, plan) = self.indexes(route, plan);
         self.durations_at(route, plan)
     }
@@ -175,7 +182,7 @@ impl PolicyMetrics {
             plan: by_plan,
         } = self.histogram_labels;
         let slot = match (by_route, by_plan) {
-            (false, false) => 0,
+            (false, false) => unreachable!("an unlabelled set is kept apart"),
             (true, false) => route,
             (false, true) => plan,
             (true, true) => route * self.plans.len() + plan,
