@@ -110,7 +110,7 @@ routes:
         stderr.lines().collect::<Vec<_>>(),
         [
             "warning: FILE:5:3: plans.internal: plan \"internal\" has no limits at all: its callers are never limited; give it a plan-wide limit (`limits: { all: RATE }`) or `access: deny`",
-            "warning: FILE:7:50: routes[0].limit: limit \"api\" (300/min) is never reached under plan \"pro\": the plan-wide limit (100/min) counts the same requests and runs out no later",
+            "warning: FILE:7:50: routes[0].limit: limit \"api\" (300/min) is never reached under plan \"pro\" (all: 100/min): the plan-wide limit counts the same requests and runs out no later",
             "warning: FILE:8:26: routes[1].match: route \"send\" never matches: route \"api\" (routes[0]) comes first and matches every request it would",
         ]
     );

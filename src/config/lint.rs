@@ -35,8 +35,9 @@ pub fn warnings(config: &Config, declared: &[String]) -> Vec<Problem> {
         })
         .collect();
     let callers = policy.plan_callers();
-    // Route limit path → the plans under which it is never reached, and the limits.
-    let mut unreached: BTreeMap<String, (Vec<&str>, &Limit, &Limit)> = BTreeMap::new();
+    // Route limit path → the limit, and each plan under which it is never reached with
+    // that plan's plan-wide limit.
+    let mut unreached: BTreeMap<String, (&Limit, Vec<String>)> = BTreeMap::new();
     for (p, name) in policy.plan_names.iter().enumerate() {
         let profile = &policy.profiles[p];
         let declared = declared.iter().any(|d| **d == **name);
@@ -85,28 +86,22 @@ pub fn warnings(config: &Config, declared: &[String]) -> Vec<Problem> {
                 };
                 unreached
                     .entry(path)
-                    .or_insert_with(|| (Vec::new(), limit, wide))
-                    .0
-                    .push(name);
+                    .or_insert_with(|| (limit, Vec::new()))
+                    .1
+                    .push(format!("plan \"{name}\" ({}: {})", wide.name, rate(wide)));
             }
         }
     }
-    for (path, (plans, limit, wide)) in unreached {
-        let plans = plans
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let noun = if plans.contains(',') { "plans" } else { "plan" };
+    for (path, (limit, plans)) in unreached {
         out.push(warning(
             path,
             false,
             format!(
-                "limit \"{}\" ({}) is never reached under {noun} {plans}: the plan-wide \
-                 limit ({}) counts the same requests and runs out no later",
+                "limit \"{}\" ({}) is never reached under {}: the plan-wide limit counts the \
+                 same requests and runs out no later",
                 limit.name,
                 rate(limit),
-                rate(wide)
+                plans.join(", ")
             ),
         ));
     }

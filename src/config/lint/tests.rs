@@ -52,8 +52,8 @@ routes:
     assert_eq!(
         warnings(yaml),
         [
-            "7:50: routes[0].limit: limit \"send\" (120/min) is never reached under plans \"gold\", \"pro\": the plan-wide limit (100/min) counts the same requests and runs out no later",
-            "8:50: routes[1].limit: limit \"read\" (300/min) is never reached under plan \"pro\": the plan-wide limit (100/min) counts the same requests and runs out no later",
+            "7:50: routes[0].limit: limit \"send\" (120/min) is never reached under plan \"gold\" (all: 100/min), plan \"pro\" (all: 100/min): the plan-wide limit counts the same requests and runs out no later",
+            "8:50: routes[1].limit: limit \"read\" (300/min) is never reached under plan \"pro\" (all: 100/min): the plan-wide limit counts the same requests and runs out no later",
         ]
     );
 }
@@ -76,7 +76,7 @@ routes:
 "#;
     assert_eq!(
         warnings(yaml),
-        ["11:44: routes[5].limit: limit \"f\" (200/min burst 100) is never reached under plan \"pro\": the plan-wide limit (100/min burst 50) counts the same requests and runs out no later"]
+        ["11:44: routes[5].limit: limit \"f\" (200/min burst 100) is never reached under plan \"pro\" (all: 100/min burst 50): the plan-wide limit counts the same requests and runs out no later"]
     );
 }
 
@@ -89,7 +89,7 @@ routes: [ { name: read, limit: { rate: 60/min, per: ip } } ]
 "#;
     assert_eq!(
         warnings(yaml),
-        ["4:32: routes[0].limit: limit \"read\" (60/min) is never reached under plan \"anonymous\": the plan-wide limit (10/min) counts the same requests and runs out no later"]
+        ["4:32: routes[0].limit: limit \"read\" (60/min) is never reached under plan \"anonymous\" (all: 10/min): the plan-wide limit counts the same requests and runs out no later"]
     );
 }
 
