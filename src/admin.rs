@@ -68,9 +68,7 @@ async fn respond(
         "/metrics" => {
             metrics::gauge!(telemetry::STORE_ENTRIES).set(gateway.store.tracked_entries() as f64);
             crate::idempotency::report(&*gateway.idempotency.store);
-            let mut text = metrics.render();
-            telemetry::durations::render(&mut text);
-            let mut response = Response::new(Body::full(text));
+            let mut response = Response::new(Body::full(telemetry::render(metrics)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -2,11 +2,12 @@
 //! reports every problem as `file:line:column: message`.
 //!
 //! Owns the runtime `Config` and its error type. The serde types are in `file`, the
-//! semantic checks in `compile`, the units (`100/min`, `2s`) in `units` and source
-//! positions in `location`.
+//! semantic checks in `compile`, the warnings about valid configs in `lint`, the units
+//! (`100/min`, `2s`) in `units` and source positions in `location`.
 
 pub mod compile;
 pub mod file;
+pub mod lint;
 pub mod location;
 pub mod schema;
 pub mod units;
@@ -204,8 +205,8 @@ pub struct Config {
     pub inputs: Vec<InputFile>,
     /// SHA-256 of the texts of `inputs`, concatenated in order.
     pub sha256: [u8; 32],
-    /// Settings that are accepted but no longer do anything, placed in their file: logged
-    /// at startup and on reload, printed by `sluice check`.
+    /// What is valid but surely not meant (see `lint`), and settings accepted but no longer
+    /// used, placed like errors: logged at startup and on reload, printed by `sluice check`.
     pub warnings: Vec<ConfigError>,
 }
 
@@ -329,25 +330,9 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         digest.update(keys_text.as_bytes());
     }
     let deprecated = deprecated(&file);
-    let compiled = compile::compile_in(file, keys, dir).map(|mut config| {
-        config.inputs = inputs;
-        config.sha256 = digest.finalize().into();
-        let locations = Locations::index(text);
-        config.warnings = deprecated
-            .into_iter()
-            .map(|(path, message)| {
-                let at = locations.find(path);
-                ConfigError {
-                    file: name.into(),
-                    line: at.map(|l| l.line),
-                    column: at.map(|l| l.column),
-                    message: format!("{path}: {message}"),
-                }
-            })
-            .collect();
-        config
-    });
-    compiled.map_err(|problems| {
+    let declared: Vec<String> = file.plans.keys().cloned().collect();
+    // Problems become `file:line:column: path: message`, sorted by place.
+    let place = |problems: Vec<compile::Problem>| -> Vec<ConfigError> {
         let main = Locations::index(text);
         let keys_locations = Locations::index(&keys_text);
         let mut errors: Vec<ConfigError> = problems
@@ -378,20 +363,31 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         errors.sort_by_key(|e| (e.file != name, e.line, e.column));
         // A route limit is validated once per plan that uses it: report each problem once.
         errors.dedup();
-        ConfigErrors(errors)
-    })
+        errors
+    };
+    let mut config = compile::compile_in(file, keys, dir).map_err(|p| ConfigErrors(place(p)))?;
+    config.inputs = inputs;
+    config.sha256 = digest.finalize().into();
+    let mut warnings = deprecated;
+    warnings.extend(lint::warnings(&config, &declared));
+    if !warnings.is_empty() {
+        config.warnings = place(warnings);
+    }
+    Ok(config)
 }
 
 /// Settings a config may still carry from an older sluice, which are accepted and ignored
 /// (with a warning) rather than refused: refusing would stop a running fleet's next
 /// restart over a setting that changed nothing but speed.
-fn deprecated(file: &file::File) -> Vec<(&'static str, &'static str)> {
+fn deprecated(file: &file::File) -> Vec<compile::Problem> {
     let mut found = Vec::new();
     if file.upstream.batch_writes.is_some() {
-        found.push((
-            "upstream.batch_writes",
-            "no longer used and ignored (the io_uring write batching was removed); delete the line",
-        ));
+        found.push(compile::Problem {
+            source: Source::Main,
+            path: "upstream.batch_writes".into(),
+            at_key: false,
+            message: "no longer used and ignored (the io_uring write batching was removed); delete the line".into(),
+        });
     }
     found
 }

@@ -134,6 +134,15 @@ impl Registry {
         self.orgs.get(&hash).map(|name| &**name)
     }
 
+    /// The profile of every registered key, for reports on the policy (never on the
+    /// request path).
+    pub fn profiles(&self) -> impl Iterator<Item = ProfileId> + '_ {
+        self.clear
+            .values()
+            .chain(self.hashed.values())
+            .map(|info| info.profile)
+    }
+
     /// Number of registered keys.
     pub fn len(&self) -> usize {
         self.clear.len() + self.hashed.len()

@@ -1,5 +1,6 @@
-//! Looking a caller up without a live request: the shared core of `sluice explain` and
-//! `/admin/usage`.
+//! Looking at the compiled config from outside the request path: `sluice check` and
+//! `/admin/config` (`summary`), and, for a caller without a live request, `sluice explain`
+//! and `/admin/usage`.
 //!
 //! A `Caller` (an API key, a client IP) is turned into the request head a real client
 //! would send, and that head goes through the same `Identifier` and route matching as
@@ -7,6 +8,7 @@
 //! counts nothing.
 
 pub mod explain;
+pub mod summary;
 pub mod usage;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -60,6 +60,9 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let tcp = server::bind(config.listen).await?;
     let admin_listener = server::bind(config.admin_listen).await?;
     let (routes, keys) = (
@@ -76,6 +79,8 @@ pub async fn run(
             let store = RedisStore::start(redis, config.store.max_entries, clock.clone())
                 .map_err(std::io::Error::other)?;
             tracing::info!(url = %redis.redacted_url(), on_error = redis.on_error.as_str(), "redis store");
+            // This replica, until the first heartbeat counts the others.
+            telemetry::store_replicas(1);
             let penalties = store.penalties(config.store.max_entries, clock.clone());
             let slots = store.slots();
             let store = Arc::new(store);

@@ -38,10 +38,14 @@ enum Command {
         admin: std::net::SocketAddr,
     },
     /// Validate a config and print the compiled policy; exit 1 with file:line:column errors.
+    /// Warnings (valid, but surely not meant) are printed too, and the exit is 0.
     Check {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Print the compiled policy (or the errors) as JSON, as `/admin/config` does.
+        #[arg(long)]
+        json: bool,
     },
     /// Show which identity, plan, route and limits a request would meet, and where each
     /// limit's value comes from. The key is never printed, only a digest of it.
@@ -68,8 +72,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Check { config } => check(&config),
+    let said = match Cli::parse().command {
+        Command::Check { config, json } => check(&config, json),
         Command::Health { admin } => health(admin),
         Command::Explain {
             config,
@@ -86,19 +90,71 @@ fn main() -> ExitCode {
         ),
         Command::Schema => {
             let schema = config::schema::schema();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).expect("a schema serializes")
-            );
-            ExitCode::SUCCESS
+            let mut out = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+            out.push('\n');
+            Said::out(out)
         }
         Command::Run { config } => match run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("sluice: {error:#}");
-                ExitCode::FAILURE
-            }
+            Ok(()) => Said::default(),
+            Err(error) => Said::failure(format!("sluice: {error:#}\n")),
         },
+    };
+    said.write()
+}
+
+/// What a subcommand prints and how it ends.
+#[derive(Default)]
+struct Said {
+    stdout: String,
+    stderr: String,
+    failed: bool,
+}
+
+impl Said {
+    fn out(stdout: String) -> Self {
+        Said {
+            stdout,
+            ..Said::default()
+        }
+    }
+
+    fn failure(stderr: String) -> Self {
+        Said {
+            stderr,
+            failed: true,
+            ..Said::default()
+        }
+    }
+
+    /// Writes it out and gives the exit status. A reader that stopped reading
+    /// (`sluice schema | head`) wanted no more than it read: that is not a failure, and
+    /// the status is the command's own.
+    fn write(self) -> ExitCode {
+        use std::io::{ErrorKind, Write};
+        let written = |result: std::io::Result<()>| match result {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        };
+        let mut stdout = std::io::stdout().lock();
+        let out = written(
+            stdout
+                .write_all(self.stdout.as_bytes())
+                .and_then(|()| stdout.flush()),
+        );
+        // Nowhere left to report a failing stderr.
+        let _ = std::io::stderr().lock().write_all(self.stderr.as_bytes());
+        if let Err(error) = out {
+            let _ = writeln!(
+                std::io::stderr(),
+                "sluice: cannot write the output: {error}"
+            );
+            return ExitCode::FAILURE;
+        }
+        if self.failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -113,50 +169,55 @@ fn load(path: Option<&PathBuf>) -> Result<config::Config, config::ConfigErrors> 
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
-    match load(Some(path)) {
-        Ok(config) => {
+fn check(path: &PathBuf, json: bool) -> Said {
+    use sluice::inspect::summary::{self, Summary};
+    fn json_text(value: &impl serde::Serialize) -> String {
+        let mut text = serde_json::to_string_pretty(value).expect("plain data serializes");
+        text.push('\n');
+        text
+    }
+    match (load(Some(path)), json) {
+        (Ok(config), false) => {
+            let mut out = Summary::of(&config).text();
+            let mut err = String::new();
             for warning in &config.warnings {
-                eprintln!("warning: {warning}");
+                err.push_str(&format!("warning: {warning}\n"));
             }
-            print!("{}", sluice::policy::summary(&config));
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
+            let warnings = match config.warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".into(),
+                n => format!(", {n} warnings"),
+            };
+            out.push_str(&format!("{}: ok{warnings}\n", path.display()));
+            Said {
+                stdout: out,
+                stderr: err,
+                failed: false,
+            }
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::FAILURE
-        }
+        (Ok(config), true) => Said::out(json_text(&summary::Document::of(&config))),
+        (Err(errors), false) => Said::failure(format!("{errors}\n")),
+        (Err(errors), true) => Said {
+            stdout: json_text(&serde_json::json!({ "errors": summary::problems(&errors.0) })),
+            failed: true,
+            ..Said::default()
+        },
     }
 }
 
-fn explain(
-    path: &PathBuf,
-    caller: sluice::inspect::Caller,
-    method: &str,
-    request: &str,
-) -> ExitCode {
+fn explain(path: &PathBuf, caller: sluice::inspect::Caller, method: &str, request: &str) -> Said {
     let config = match load(Some(path)) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return Said::failure(format!("{errors}\n")),
     };
     match sluice::inspect::explain::explain(&config, &caller, method, request) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("sluice explain: {error}");
-            ExitCode::FAILURE
-        }
+        Ok(text) => Said::out(text),
+        Err(error) => Said::failure(format!("sluice explain: {error}\n")),
     }
 }
 
 /// A dependency-free HTTP/1.0 probe, because the container image has no curl.
-fn health(admin: std::net::SocketAddr) -> ExitCode {
+fn health(admin: std::net::SocketAddr) -> Said {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(2);
     let probe = || -> std::io::Result<bool> {
@@ -168,15 +229,9 @@ fn health(admin: std::net::SocketAddr) -> ExitCode {
         Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
     };
     match probe() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("sluice: {admin}/healthz did not answer 200");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("sluice: {admin}/healthz: {error}");
-            ExitCode::FAILURE
-        }
+        Ok(true) => Said::default(),
+        Ok(false) => Said::failure(format!("sluice: {admin}/healthz did not answer 200\n")),
+        Err(error) => Said::failure(format!("sluice: {admin}/healthz: {error}\n")),
     }
 }
 

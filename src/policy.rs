@@ -4,6 +4,7 @@
 //! final list of limits, so the request path does one route scan and one table lookup.
 //! Owns matching and limit resolution; does not count (the limiter does) or identify.
 
+mod callers;
 pub mod matcher;
 
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use http::request::Parts;
 use crate::config::file::Scope;
 use crate::identity::{ip_hash, Identifier, Identity};
 use crate::limiter::{Algorithm, Check, CounterKey, Quota, INLINE_LIMITS};
+pub use callers::Callers;
 use matcher::{HostPattern, MethodSet, PathPattern};
 
 /// Index of a profile in `Policy::profiles`.
@@ -193,114 +195,3 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
-
-/// A human-readable listing of the compiled policy, for `sluice check`.
-pub fn summary(config: &crate::config::Config) -> String {
-    use std::fmt::Write as _;
-    let policy = &config.policy;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "listen {}  admin {}",
-        config.listen, config.admin_listen
-    );
-    let _ = writeln!(
-        out,
-        "identify: {} key source(s), {} registered key(s), anonymous: {:?}, unknown keys: {:?}",
-        policy.identifier.sources.len(),
-        policy.identifier.registry.len(),
-        policy.identifier.anonymous,
-        policy.identifier.unknown_key
-    );
-    for (p, name) in policy.plan_names.iter().enumerate() {
-        let profile = &policy.profiles[p];
-        let access = if profile.access {
-            ""
-        } else {
-            "  (access denied: 403)"
-        };
-        let _ = writeln!(out, "plan {name}{access}");
-        if !profile.access {
-            continue;
-        }
-        for (r, set) in profile.by_route.iter().enumerate() {
-            let (route, pattern) =
-                policy
-                    .routes
-                    .get(r)
-                    .map_or(("(unmatched)".to_string(), String::new()), |route| {
-                        (
-                            route.name.to_string(),
-                            format!("{} {}", route.methods, route.path.as_str()),
-                        )
-                    });
-            match set {
-                None => {
-                    let _ = writeln!(out, "  {route:<16} {pattern:<28} exempt");
-                }
-                Some(limits) if limits.is_empty() => {
-                    let _ = writeln!(out, "  {route:<16} {pattern:<28} no limits");
-                }
-                Some(limits) => {
-                    for (i, limit) in limits.iter().enumerate() {
-                        let (route, pattern) = if i == 0 {
-                            (route.as_str(), pattern.as_str())
-                        } else {
-                            ("", "")
-                        };
-                        let _ = writeln!(out, "  {route:<16} {pattern:<28} {}", describe(limit));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// One limit as `name: 100/min sliding_window per key (route)`.
-pub fn describe(limit: &Limit) -> String {
-    let quota = &limit.quota;
-    let rate = crate::config::units::Rate {
-        count: quota.limit(),
-        period: std::time::Duration::from_nanos(quota.period()),
-    };
-    let burst = if limit.algorithm == Algorithm::TokenBucket && quota.burst() != quota.limit() {
-        format!(" burst {}", quota.burst())
-    } else {
-        String::new()
-    };
-    let shadow = if limit.shadow { " shadow" } else { "" };
-    let delay = if quota.delay() > 0 {
-        format!(
-            " delay {}ms",
-            quota.delay().div_ceil(crate::limiter::clock::MILLISECOND)
-        )
-    } else {
-        String::new()
-    };
-    if limit.algorithm == Algorithm::Concurrency {
-        let scope = match limit.scope {
-            Scope::Key => "per key",
-            Scope::Org => "per org",
-            Scope::Ip => "per ip",
-            Scope::Global => "global",
-        };
-        return format!(
-            "{}: {} in flight {scope}{shadow} ({})",
-            limit.name,
-            quota.limit(),
-            limit.origin.as_str()
-        );
-    }
-    format!(
-        "{}: {rate} {}{burst}{delay} per {:?}{shadow} ({})",
-        limit.name,
-        limit.algorithm,
-        limit.scope,
-        limit.origin.as_str()
-    )
-    .replace("per Key", "per key")
-    .replace("per Org", "per org")
-    .replace("per Ip", "per ip")
-    .replace("per Global", "global")
-}

@@ -30,7 +30,7 @@ use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, LimitHeaders, Rejection};
-use crate::telemetry::{self, durations, Verdict};
+use crate::telemetry::{self, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
 mod enforce;
@@ -215,8 +215,9 @@ impl Gateway {
             }
         };
         let (decision, limits, held, verdict, near_limit, started) = match limits {
+            // Nothing is checked, so no limit is described: no rate-limit headers.
             None => (
-                None,
+                Some(Decision::allow_all()),
                 &[][..],
                 None,
                 Verdict::Exempt,
@@ -347,7 +348,10 @@ impl Gateway {
         let tunnel = crate::tunnel::Tunnel::take(&mut parts);
         let result = pin!(pending.forward(&snapshot.upstream, parts, body, forwarded)).await;
         let answered_at = self.clock.now();
-        durations::UPSTREAM.record(answered_at.saturating_sub(started));
+        reply
+            .durations()
+            .upstream
+            .record(answered_at.saturating_sub(started));
         let answer = match result {
             Ok(mut response) => {
                 if let Some(tunnel) = tunnel {
@@ -409,14 +413,13 @@ impl Gateway {
         answered_at: Nanos,
     ) -> (Response<Body>, Stamp) {
         let config = reply.config;
-        config.metrics.record(
-            config.policy.routes.len(),
-            reply.route,
-            reply.plan,
-            verdict,
-            near_limit,
-        );
-        durations::REQUEST.record(answered_at.saturating_sub(reply.now));
+        config
+            .metrics
+            .record(reply.route, reply.plan, verdict, near_limit);
+        reply
+            .durations()
+            .request
+            .record(answered_at.saturating_sub(reply.now));
         let stamp = Stamp {
             request_id: reply.request_id,
             limits,
@@ -439,6 +442,11 @@ struct Reply<'a> {
 impl Reply<'_> {
     fn request_id(&self) -> &str {
         self.request_id.as_str()
+    }
+
+    /// The duration histograms of this request's route and plan.
+    fn durations(&self) -> &telemetry::durations::Set {
+        self.config.metrics.durations(self.route, self.plan)
     }
 
     /// The penalty box's 429: `Retry-After` and the reset are the end of the block.

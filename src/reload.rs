@@ -151,6 +151,9 @@ impl Reloader {
             tracing::warn!(setting = %setting, "restart required: this setting cannot change while running; keeping the old value");
         }
         drop(old);
+        for warning in &config.warnings {
+            tracing::warn!(trigger = trigger.as_str(), "{warning}");
+        }
         let sha256 = config.sha256;
         let now = self.gateway.clock.now();
         let mut snapshot = Snapshot::new(config);

@@ -1,17 +1,17 @@
-//! Metric names, pre-registered metric handles, and log setup.
+//! Metric names, pre-registered metric handles, the `/metrics` text, and log setup.
 //!
-//! Labels are bounded: route, plan and decision, never a key. Handles for every
-//! route × plan × decision are registered once per config, so recording a request is an
-//! index and an atomic add.
+//! Labels are bounded: route, plan and decision, never a key. The request series a
+//! compiled policy can produce are registered once per config ([`series`]), so recording
+//! a request is an index and an atomic add.
 
-use std::sync::Arc;
-
-use metrics::Counter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::Policy;
-
 pub mod durations;
+mod exposition;
+pub mod series;
+
+pub use exposition::render;
+pub use series::{HistogramLabels, PolicyMetrics};
 
 /// Requests by route, plan and decision.
 pub const REQUESTS: &str = "sluice_requests_total";
@@ -127,7 +127,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    const ALL: [Verdict; 11] = [
+    /// Every verdict, in discriminant order.
+    pub const ALL: [Verdict; 11] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
@@ -164,74 +165,12 @@ pub const UNMATCHED: &str = "unmatched";
 /// Plan label of unidentified callers.
 pub const NO_PLAN: &str = "none";
 
-/// Request counters for one compiled policy.
-#[derive(Debug)]
-pub struct PolicyMetrics {
-    plans: usize,
-    requests: Vec<Counter>,
-    near_limit: Vec<Counter>,
-}
-
-impl PolicyMetrics {
-    /// Registers a counter per route (plus unmatched) × plan (plus none) × verdict.
-    pub fn new(policy: &Policy) -> Self {
-        let routes: Vec<Arc<str>> = policy
-            .routes
-            .iter()
-            .map(|r| r.name.clone())
-            .chain(std::iter::once(Arc::from(UNMATCHED)))
-            .collect();
-        let plans: Vec<Arc<str>> = policy
-            .plan_names
-            .iter()
-            .cloned()
-            .chain(std::iter::once(Arc::from(NO_PLAN)))
-            .collect();
-        let mut requests = Vec::new();
-        let mut near_limit = Vec::new();
-        for route in &routes {
-            for plan in &plans {
-                for verdict in Verdict::ALL {
-                    requests.push(metrics::counter!(
-                        REQUESTS,
-                        "route" => route.to_string(),
-                        "plan" => plan.to_string(),
-                        "decision" => verdict.as_str()
-                    ));
-                }
-                near_limit.push(metrics::counter!(
-                    NEAR_LIMIT,
-                    "route" => route.to_string(),
-                    "plan" => plan.to_string()
-                ));
-            }
-        }
-        Self {
-            plans: plans.len(),
-            requests,
-            near_limit,
-        }
-    }
-
-    fn slot(&self, route: Option<usize>, routes: usize, plan: Option<usize>) -> usize {
-        route.unwrap_or(routes) * self.plans + plan.unwrap_or(self.plans - 1)
-    }
-
-    /// Counts one request. `route`/`plan` are indexes (None = unmatched / no plan).
-    pub fn record(
-        &self,
-        routes: usize,
-        route: Option<usize>,
-        plan: Option<usize>,
-        verdict: Verdict,
-        near_limit: bool,
-    ) {
-        let slot = self.slot(route, routes, plan);
-        self.requests[slot * Verdict::ALL.len() + verdict as usize].increment(1);
-        if near_limit {
-            self.near_limit[slot].increment(1);
-        }
-    }
+/// A label value as the text format writes it between quotes.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Counts an upstream failure.
@@ -328,7 +267,8 @@ pub fn store_breaker(open: bool) {
     metrics::gauge!(STORE_BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
 }
 
-/// Sets the live replica gauge.
+/// Sets the live replica gauge: only the Redis store calls this, so the series exists only
+/// where replicas share a store.
 pub fn store_replicas(live: u32) {
     metrics::gauge!(STORE_REPLICAS).set(f64::from(live));
 }
@@ -410,7 +350,6 @@ pub fn install_metrics() -> PrometheusHandle {
         metrics::counter!(counter).absolute(0);
     }
     metrics::gauge!(STORE_BREAKER_OPEN).set(0.0);
-    metrics::gauge!(STORE_REPLICAS).set(1.0);
     for outcome in IDEMPOTENCY_OUTCOMES {
         metrics::counter!(IDEMPOTENCY, "outcome" => outcome).absolute(0);
     }

@@ -1,6 +1,8 @@
 //! The deployment kit stays true to the binary: every file under deploy/ parses, the
-//! policies in it compile, the manifests validate, and every metric the dashboard and the
+//! policies in it compile without warnings, the manifests validate, and every metric the dashboard and the
 //! alert rules use is one sluice really exports — checked by a real Prometheus scrape.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -60,13 +62,16 @@ fn every_file_parses_and_every_policy_compiles() {
                         .and_then(|d| d.get("sluice.yaml"))
                         .and_then(|p| p.as_str())
                     {
-                        sluice::config::load_str(policy, &path.display().to_string(), None)
-                            .unwrap_or_else(|e| panic!("{e}"));
+                        let config =
+                            sluice::config::load_str(policy, &path.display().to_string(), None)
+                                .unwrap_or_else(|e| panic!("{e}"));
+                        assert_eq!(config.warnings, [], "{}", path.display());
                         policies += 1;
                     }
                 }
                 if path.parent().is_some_and(|p| p.ends_with("compose")) {
-                    sluice::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    let config = sluice::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(config.warnings, [], "{}", path.display());
                     policies += 1;
                 }
             }
@@ -206,26 +211,7 @@ fn a_real_prometheus_scrapes_every_metric_the_kit_uses() {
     }
 
     let (_, exposition) = get(admin_addr, "/metrics").unwrap();
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    support::promtool_check_metrics(&exposition);
 
     let used = metrics_used();
     assert!(used.len() >= 8, "{used:?}");

@@ -52,8 +52,8 @@ caller:   client ip 192.0.2.1 (no key)
 plan:     anonymous
 route:    hello (GET /v1/hello), cost 1
 limits:   2, every one must allow the request:
-  hello: 5/min sliding_window per key (route), cost 1
-  all: 10/min sliding_window per key (plan-wide), cost 1
+  hello: 5/min sliding_window per ip (route), cost 1
+  all: 30/min sliding_window per ip (plan-wide), cost 1
 "
     );
     let (ok, out, _) = explain(&["--key", "demo-free", "GET", "/v1/hello"]);

@@ -242,6 +242,51 @@ responses:
     assert!(unavailable.header("ratelimit").is_some());
 }
 
+/// An exempt route (`limit: none`) checks nothing and so describes no limit: no rate-limit
+/// headers, on its answer or on an upstream failure. A route limit a plan removes leaves
+/// the plan-wide one, whose headers the answer carries.
+#[tokio::test]
+async fn exempt_routes_carry_no_rate_limit_headers() {
+    let up = upstream().await;
+    let (sluice, _dir) = start(&config(
+        up.addr,
+        "keys: [{ key: k1, plan: pro }]
+plans: { pro: { limits: { all: 50/d, send: none } } }
+routes:
+  - { name: health, match: { path: /healthz }, limit: none }
+  - { name: slow, match: { path: /slow/** }, limit: none }
+  - { name: send, match: { path: /send }, limit: 10/d }
+responses: { headers: both }
+",
+    ));
+    let mut conn = sluice.connect().await;
+    let health = conn.get("/healthz", "k1").await.unwrap();
+    assert_eq!(health.status, StatusCode::OK);
+    let timeout = conn.get("/slow/2000", "k1").await.unwrap();
+    assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
+    for reply in [&health, &timeout] {
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+        ] {
+            assert_eq!(reply.header(name), None, "{name} on {}", reply.status);
+        }
+        assert!(reply.header("x-request-id").is_some());
+    }
+    let send = conn.get("/send", "k1").await.unwrap();
+    assert_eq!(send.status, StatusCode::OK);
+    assert_eq!(send.header("x-ratelimit-limit"), Some("50"));
+    assert_eq!(send.header("x-ratelimit-remaining"), Some("49"));
+    assert_eq!(
+        send.header("ratelimit-policy"),
+        Some("\"all\";q=50;w=86400")
+    );
+}
+
 /// What the upstream receives: forwarding headers set, hop-by-hop headers gone, the
 /// client's request id kept; and the client gets the id back.
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Operator endpoints: `GET /admin/config`, `GET /admin/usage?key=K&ip=ADDR` and
-//! `POST /admin/reload`, all JSON, all behind the optional bearer token.
+//! Operator endpoints: `GET /admin/config` (the running config, compiled), `GET
+//! /admin/usage?key=K&ip=ADDR` and `POST /admin/reload`, all JSON, all behind the optional
+//! bearer token.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -102,24 +103,14 @@ fn authorized(request: &Request<Incoming>, expected: &[u8; 32]) -> bool {
         && <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == *expected
 }
 
+/// The running config: where it came from, when it was loaded, the compiled policy and
+/// its warnings, as `sluice check --json` prints them (no secret in any of it).
 fn config(snapshot: &crate::proxy::Snapshot) -> Response<Body> {
-    let config = &snapshot.config;
     let loaded = UNIX_EPOCH + Duration::from_nanos(snapshot.loaded_at);
-    let files: Vec<_> = config
-        .inputs
-        .iter()
-        .map(|f| json!({ "path": f.path.display().to_string(), "sha256": hex::encode(f.sha256) }))
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "source": config.source.as_ref().map(|p| p.display().to_string()),
-            "sha256": hex::encode(config.sha256),
-            "files": files,
-            "loaded_at": humantime::format_rfc3339_millis(loaded).to_string(),
-            "loaded_at_unix_ms": snapshot.loaded_at / 1_000_000,
-        }),
-    )
+    let mut document = crate::inspect::summary::Document::of(&snapshot.config);
+    document.loaded_at = Some(humantime::format_rfc3339_millis(loaded).to_string());
+    document.loaded_at_unix_ms = Some(snapshot.loaded_at / 1_000_000);
+    json_response(StatusCode::OK, &document)
 }
 
 /// The caller named by a usage query: `key=K`, `jwt=TOKEN` and/or `ip=ADDR`.

@@ -27,6 +27,7 @@ use crate::limiter::{Algorithm, Quota};
 use crate::policy::matcher::{HostPattern, MethodSet, PathPattern};
 use crate::policy::{Limit, LimitSet, Origin, Policy, Profile, Route};
 use crate::response::{self, Reply, Responses};
+use crate::telemetry;
 
 /// A problem at a config path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +270,19 @@ pub fn compile_in(
         plan_names,
         identifier,
     };
+    let idempotent: Vec<bool> = idempotency.routes.iter().map(Option::is_some).collect();
+    let labels = &file.metrics.histogram_labels;
+    let series = telemetry::series::Settings {
+        idempotent: &idempotent,
+        fail_closed: store
+            .redis
+            .as_ref()
+            .is_some_and(|redis| redis.on_error == crate::limiter::store::OnError::Deny),
+        histogram_labels: telemetry::HistogramLabels {
+            route: labels.contains(&file::HistogramLabel::Route),
+            plan: labels.contains(&file::HistogramLabel::Plan),
+        },
+    };
     Ok(Config {
         listen: file.listen,
         tls,
@@ -282,7 +296,7 @@ pub fn compile_in(
         shutdown_timeout: file
             .shutdown_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
-        metrics: crate::telemetry::PolicyMetrics::new(&policy),
+        metrics: telemetry::PolicyMetrics::new(&policy, series),
         policy,
         source: None,
         admin_token,

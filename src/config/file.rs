@@ -73,6 +73,9 @@ pub struct File {
     /// Log format and level.
     #[serde(default)]
     pub log: Log,
+    /// What `/metrics` breaks down.
+    #[serde(default)]
+    pub metrics: MetricsFile,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default)]
     pub shutdown_timeout: Option<HumanDuration>,
@@ -810,6 +813,26 @@ pub enum OnError {
     Deny,
     /// Enforce this replica's share of each limit locally.
     Local,
+}
+
+/// `/metrics` settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Labels on the request, upstream and limiter duration histograms: none (the default),
+    /// `[route]`, `[plan]` or `[route, plan]`. Each label set costs 20 series per histogram.
+    #[serde(default)]
+    pub histogram_labels: Vec<HistogramLabel>,
+}
+
+/// A label the duration histograms may carry.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramLabel {
+    /// The matched route (`unmatched` when none).
+    Route,
+    /// The caller's plan (`none` when unidentified).
+    Plan,
 }
 
 /// Logging.

@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
+use super::summary::LimitView;
 use super::{head, unidentified, Caller, InspectError};
 use crate::config::Config;
 use crate::identity::{redact, Identity, Kind};
-use crate::policy::describe;
 
 /// Explains `METHOD PATH` sent by `caller` under `config`.
 pub fn explain(
@@ -88,8 +88,10 @@ pub fn explain(
                 "limits:   {}, every one must allow the request:",
                 limits.len()
             );
+            // Callers identified by address count per ip, whatever the scope's name.
+            let by_ip = identity.kind == Kind::Ip;
             for limit in limits {
-                let _ = writeln!(out, "  {}, cost {cost}", describe(limit));
+                let _ = writeln!(out, "  {}, cost {cost}", LimitView::of(limit, by_ip).text());
             }
         }
     }

@@ -106,9 +106,9 @@ caller:   client ip 203.0.113.9 (no key)
 plan:     anonymous
 route:    read (GET|HEAD /v1/**), cost 1
 limits:   3, every one must allow the request:
-  read: 300/min sliding_window per key (route), cost 1
+  read: 300/min sliding_window per ip (route), cost 1
   upstream: 1000/s token_bucket global (route), cost 1
-  all: 10/min sliding_window per key (plan-wide), cost 1
+  all: 10/min sliding_window per ip (plan-wide), cost 1
 "
     );
     assert_eq!(
@@ -344,4 +344,118 @@ async fn usage_of_denied_and_unknown_callers() {
     assert_eq!(report.caller.plan, "anonymous");
     assert_eq!(report.caller.key, None);
     assert_eq!(report.limits.len(), 5);
+    // Counted by address: `per: key` and `per: org` limits are per ip for this caller.
+    let scopes: Vec<&str> = report.limits.iter().map(|l| l.scope).collect();
+    assert_eq!(scopes, ["ip", "ip", "ip", "ip", "global"]);
+}
+
+#[test]
+fn check_prints_the_policy_in_words() {
+    use super::summary::Summary;
+    let text = Summary::of(&config()).text();
+    assert_eq!(
+        text,
+        "\
+listen 0.0.0.0:8080  admin 127.0.0.1:9090  upstream demo:  store memory
+identify: header x-api-key; 3 registered keys
+  callers without a key: counted per ip under plan anonymous
+  unknown keys: rejected (401)
+plan anonymous (client ips)
+  health           * /healthz                   exempt
+  send             POST /v1/messages            send: 120/min sliding_window per ip (route)
+                                                all: 10/min sliding_window per ip (plan-wide)
+  batch            POST /v1/campaigns/batch     batch: 10/min fixed_window per ip (route)
+                                                all: 10/min sliding_window per ip (plan-wide)
+  read             GET|HEAD /v1/**              read: 300/min sliding_window per ip (route)
+                                                upstream: 1000/s token_bucket global (route)
+                                                all: 10/min sliding_window per ip (plan-wide)
+  unmatched                                     all: 10/min sliding_window per ip (plan-wide)
+plan business (keys)
+  health           * /healthz                   exempt
+  send             POST /v1/messages            send: 300/min sliding_window per key (plan override)
+                                                all: 500/min sliding_window per key (plan-wide)
+  batch            POST /v1/campaigns/batch     batch: 10/min fixed_window per org (route)
+                                                all: 500/min sliding_window per key (plan-wide)
+  read             GET|HEAD /v1/**              read: 300/min sliding_window per key (route)
+                                                upstream: 1000/s token_bucket global (route)
+                                                all: 500/min sliding_window per key (plan-wide)
+  unmatched                                     all: 500/min sliding_window per key (plan-wide)
+plan free (keys): access denied (403)
+plan pro (keys)
+  health           * /healthz                   exempt
+  send             POST /v1/messages            send: 120/min sliding_window per key (route)
+                                                all: 100/min sliding_window per key (plan-wide)
+  batch            POST /v1/campaigns/batch     batch: 10/min fixed_window per org (route)
+                                                all: 100/min sliding_window per key (plan-wide)
+  read             GET|HEAD /v1/**              read: 300/min sliding_window per key (route)
+                                                upstream: 1000/s token_bucket global (route)
+                                                all: 100/min sliding_window per key (plan-wide)
+  unmatched                                     all: 100/min sliding_window per key (plan-wide)
+plan default (nobody lands in it)
+  health           * /healthz                   exempt
+  send             POST /v1/messages            send: 120/min sliding_window per key (route)
+  batch            POST /v1/campaigns/batch     batch: 10/min fixed_window per org (route)
+  read             GET|HEAD /v1/**              read: 300/min sliding_window per key (route)
+                                                upstream: 1000/s token_bucket global (route)
+  unmatched                                     no limits
+"
+    );
+    for debug in ["PerIp", "Reject", "Some(", "Key", "Org"] {
+        assert!(!text.contains(debug), "{debug} in {text}");
+    }
+}
+
+#[test]
+fn the_summary_shows_no_secret() {
+    // Every secret a config can hold, each one a string that must never be shown (the
+    // admin token, read from the environment, is tested end to end in tests/cli.rs).
+    let secrets = [
+        "clear-key-SECRET-1",
+        "jwt-hmac-SECRET-2",
+        "redis-password-SECRET-3",
+        "upstream-password-SECRET-4",
+    ];
+    let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"hashed-key"));
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_secret = dir.path().join("jwt.secret");
+    std::fs::write(&jwt_secret, secrets[1]).unwrap();
+    let yaml = format!(
+        r#"
+upstream: {{ url: "http://user:{upstream}@127.0.0.1:3000" }}
+identify:
+  - jwt: {{ algorithms: [HS256], secret_file: "{jwt}" }}
+  - api_key: {{ header: X-API-Key }}
+keys:
+  - {{ key: {key}, plan: pro, limits: {{ all: 5/s }} }}
+  - {{ sha256: {hashed}, plan: pro }}
+plans: {{ pro: {{ limits: {{ all: 100/min }} }} }}
+routes: [ {{ name: r, limit: 10/s }} ]
+store: {{ backend: redis, url: "redis://:{redis}@127.0.0.1:6379/0" }}
+"#,
+        upstream = secrets[3],
+        jwt = jwt_secret.display(),
+        key = secrets[0],
+        redis = secrets[2],
+    );
+    let config = load_str(&yaml, "t.yaml", None).unwrap_or_else(|e| panic!("{e}"));
+    let json = serde_json::to_string(&super::summary::Document::of(&config)).unwrap();
+    let text = super::summary::Summary::of(&config).text();
+    for shown in [&json, &text] {
+        for secret in secrets.iter().chain([&hashed.as_str()]) {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+    assert!(
+        json.contains(r#""url":"redis://***@127.0.0.1:6379/0""#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#""upstream":"http://***@127.0.0.1:3000/""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""registered_keys":2"#), "{json}");
+    assert!(
+        text.contains("JWT (HS256) in Authorization: Bearer"),
+        "{text}"
+    );
 }

@@ -155,7 +155,7 @@ pub async fn usage(
                 }
                 .to_string(),
                 algorithm: limit.algorithm.as_str(),
-                scope: scope_name(limit),
+                scope: super::summary::per(limit.scope, identity.kind == Kind::Ip),
                 origin: limit.origin.as_str(),
                 shadow: limit.shadow,
                 limit: outcome.limit,
@@ -170,14 +170,4 @@ pub async fn usage(
         caller: view,
         limits,
     })
-}
-
-fn scope_name(limit: &Limit) -> &'static str {
-    use crate::config::file::Scope;
-    match limit.scope {
-        Scope::Key => "key",
-        Scope::Org => "org",
-        Scope::Ip => "ip",
-        Scope::Global => "global",
-    }
 }

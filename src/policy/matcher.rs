@@ -7,6 +7,8 @@ use std::fmt;
 
 use http::Method;
 
+mod cover;
+
 /// The nine standard methods, in display order; index `i` is bit `1 << i`.
 const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",

@@ -113,7 +113,10 @@ impl Gateway {
             }
         };
         let mut decided_at = self.clock.now();
-        crate::telemetry::durations::LIMITER.record(decided_at.saturating_sub(now));
+        reply
+            .durations()
+            .limiter
+            .record(decided_at.saturating_sub(now));
         if !decision.allowed {
             return self
                 .limited(reply, profile, identity, decision, limits)

@@ -7,23 +7,72 @@
 //! upkeep task to fold the list into buckets: ~800 instructions per request, a thirtieth
 //! of the allow path (BENCHMARKS.md). Here a record is a bucket search and two relaxed
 //! atomic adds on a cache line of the recording thread's own stripe.
+//!
+//! The three come as a [`Set`] per label set: one unlabelled set unless
+//! `metrics.histogram_labels` asks for a `route` and/or `plan` breakdown. Sets live in a
+//! process-wide registry, so a reload keeps their counts, as the exporter keeps counters'.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use super::{BUCKETS, LIMITER_DURATION, REQUEST_DURATION, UPSTREAM_DURATION};
 
-/// Request head to response head.
-pub static REQUEST: Durations = Durations::new(REQUEST_DURATION, "Request head to response head.");
-/// Upstream time to response headers.
-pub static UPSTREAM: Durations =
-    Durations::new(UPSTREAM_DURATION, "Upstream time to response headers.");
-/// One limiter decision.
-pub static LIMITER: Durations = Durations::new(LIMITER_DURATION, "Time for one limiter decision.");
+/// The request path's three histograms for one label set.
+pub struct Set {
+    /// Request head to response head.
+    pub request: Durations,
+    /// Upstream time to response headers.
+    pub upstream: Durations,
+    /// One limiter decision.
+    pub limiter: Durations,
+}
 
-/// Every histogram here, in the order they are rendered.
-const ALL: [&Durations; 3] = [&REQUEST, &UPSTREAM, &LIMITER];
+/// What a [`Set`] is labelled with; `None` leaves the label out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Labels {
+    /// The `route` label.
+    pub route: Option<Arc<str>>,
+    /// The `plan` label.
+    pub plan: Option<Arc<str>>,
+}
+
+/// Every set registered in this process, in label order (the order they are rendered).
+static SETS: Mutex<BTreeMap<Labels, Arc<Set>>> = Mutex::new(BTreeMap::new());
+
+/// The set with `labels`, registered (at zero) on first use.
+pub fn set(labels: Labels) -> Arc<Set> {
+    let mut sets = SETS.lock().unwrap_or_else(|e| e.into_inner());
+    sets.entry(labels)
+        .or_insert_with(|| {
+            Arc::new(Set {
+                request: Durations::new(),
+                upstream: Durations::new(),
+                limiter: Durations::new(),
+            })
+        })
+        .clone()
+}
+
+/// Which histogram of a set.
+type Member = fn(&Set) -> &Durations;
+
+/// The three histograms: name, help, and which member of a set.
+const HISTOGRAMS: [(&str, &str, Member); 3] = [
+    (REQUEST_DURATION, "Request head to response head.", |set| {
+        &set.request
+    }),
+    (
+        UPSTREAM_DURATION,
+        "Upstream time to response headers.",
+        |set| &set.upstream,
+    ),
+    (LIMITER_DURATION, "Time for one limiter decision.", |set| {
+        &set.limiter
+    }),
+];
 
 /// [`BUCKETS`] in nanoseconds.
 const BOUNDS: [u64; BUCKETS.len()] = {
@@ -40,10 +89,8 @@ const BOUNDS: [u64; BUCKETS.len()] = {
 /// cache line back and forth at every request.
 const STRIPES: usize = 4;
 
-/// One histogram.
+/// One histogram's counts.
 pub struct Durations {
-    name: &'static str,
-    help: &'static str,
     stripes: [Stripe; STRIPES],
 }
 
@@ -55,10 +102,8 @@ struct Stripe {
 }
 
 impl Durations {
-    const fn new(name: &'static str, help: &'static str) -> Self {
+    const fn new() -> Self {
         Self {
-            name,
-            help,
             stripes: [const {
                 Stripe {
                     buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
@@ -77,8 +122,9 @@ impl Durations {
         stripe.sum_nanos.fetch_add(nanos, Relaxed);
     }
 
-    /// Appends the histogram in the Prometheus text format.
-    fn render(&self, out: &mut String) {
+    /// Appends the histogram's samples, labelled `labels` (`name="value",` each), in the
+    /// Prometheus text format.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut counts = [0u64; BUCKETS.len() + 1];
         let mut sum_nanos = 0u64;
         for stripe in &self.stripes {
@@ -87,29 +133,54 @@ impl Durations {
             }
             sum_nanos = sum_nanos.wrapping_add(stripe.sum_nanos.load(Relaxed));
         }
-        let name = self.name;
-        let _ = writeln!(out, "# HELP {name} {}", self.help);
-        let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
         for (bound, count) in BUCKETS.iter().zip(counts) {
             cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += counts[BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {}", sum_nanos as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.trim_end_matches(','))
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {}", sum_nanos as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
+    }
+}
+
+/// Appends every histogram here, each with every registered label set, to `out`.
+pub fn render(out: &mut String) {
+    let sets: Vec<(String, Arc<Set>)> = SETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(labels, set)| (labels.render(), set.clone()))
+        .collect();
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    for (name, help, member) in HISTOGRAMS {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (labels, set) in &sets {
+            member(set).render(out, name, labels);
+        }
         out.push('\n');
     }
 }
 
-/// Appends every histogram here to `out`, a rendering of the exporter's.
-pub fn render(out: &mut String) {
-    if !out.is_empty() && !out.ends_with("\n\n") {
-        out.push('\n');
-    }
-    for durations in ALL {
-        durations.render(out);
+impl Labels {
+    /// `route="…",plan="…",` with the values escaped as the text format wants.
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in [("route", &self.route), ("plan", &self.plan)] {
+            if let Some(value) = value {
+                let _ = write!(out, "{name}=\"{}\",", super::escape_label(value));
+            }
+        }
+        out
     }
 }
 
@@ -131,9 +202,9 @@ fn stripe() -> usize {
 mod tests {
     use super::*;
 
-    fn rendered(durations: &Durations) -> String {
+    fn rendered(durations: &Durations, labels: &str) -> String {
         let mut out = String::new();
-        durations.render(&mut out);
+        durations.render(&mut out, "t_seconds", labels);
         out
     }
 
@@ -143,13 +214,12 @@ mod tests {
 
     #[test]
     fn a_duration_counts_in_the_first_bucket_at_or_above_it() {
-        let durations = Durations::new("t_seconds", "Test.");
+        let durations = Durations::new();
         durations.record(10_000); // exactly 10 µs: le="0.00001"
         durations.record(10_001); // just above: le="0.00005"
         durations.record(0);
         durations.record(31_000_000_000); // above every bound: +Inf only
-        let text = rendered(&durations);
-        assert!(text.starts_with("# HELP t_seconds Test.\n# TYPE t_seconds histogram\n"));
+        let text = rendered(&durations, "");
         assert_line(&text, "t_seconds_bucket{le=\"0.00001\"} 2");
         assert_line(&text, "t_seconds_bucket{le=\"0.00005\"} 3");
         assert_line(&text, "t_seconds_bucket{le=\"30\"} 3");
@@ -160,16 +230,33 @@ mod tests {
 
     #[test]
     fn every_stripe_is_counted() {
-        let durations = Durations::new("t_seconds", "Test.");
+        let durations = Durations::new();
         std::thread::scope(|scope| {
             for _ in 0..2 * STRIPES {
                 scope.spawn(|| durations.record(2_000_000));
             }
         });
-        let text = rendered(&durations);
+        let text = rendered(&durations, "");
         assert_line(&text, "t_seconds_bucket{le=\"0.001\"} 0");
         assert_line(&text, "t_seconds_bucket{le=\"0.005\"} 8");
         assert_line(&text, "t_seconds_count 8");
+    }
+
+    #[test]
+    fn labels_go_before_le_and_on_the_sum_and_count() {
+        let durations = Durations::new();
+        durations.record(1_000_000);
+        let labels = Labels {
+            route: Some("send".into()),
+            plan: Some("p\"1".into()),
+        };
+        let text = rendered(&durations, &labels.render());
+        assert_line(
+            &text,
+            "t_seconds_bucket{route=\"send\",plan=\"p\\\"1\",le=\"0.001\"} 1",
+        );
+        assert_line(&text, "t_seconds_sum{route=\"send\",plan=\"p\\\"1\"} 0.001");
+        assert_line(&text, "t_seconds_count{route=\"send\",plan=\"p\\\"1\"} 1");
     }
 
     #[test]

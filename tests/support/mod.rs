@@ -330,6 +330,31 @@ impl Conn {
     }
 }
 
+/// Asserts `promtool check metrics` accepts `exposition` (a `/metrics` text).
+pub fn promtool_check_metrics(exposition: &str) {
+    use std::io::Write as _;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/test");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
 /// A fresh directory for one test's files.
 /// A config on `upstream` sharing `redis`, whose store line ends with `store` (for example
 /// `on_error: deny, mode: sync`), with `routes` as the routes list.

@@ -165,7 +165,7 @@ fn concurrency_limits_compile_last_and_stay_out_of_the_counter_checks() {
     assert_eq!(set[2].algorithm, Algorithm::Concurrency);
     assert_eq!(set[2].quota.limit(), 3);
     assert_eq!(
-        crate::policy::describe(&set[2]),
+        crate::inspect::summary::LimitView::of(&set[2], false).text(),
         "uploads: 3 in flight per key (route)"
     );
     let identity = crate::identity::Identity {
@@ -206,7 +206,8 @@ fn a_delay_is_bounded_by_max_delayed_and_only_for_token_buckets() {
     assert_eq!(delay("b"), 300 * MILLISECOND);
     assert_eq!(delay("c"), 0, "a shadow limit never makes a request wait");
     assert_eq!(
-        crate::policy::describe(&limits(&c, "default", "b").unwrap()[0]),
+        crate::inspect::summary::LimitView::of(&limits(&c, "default", "b").unwrap()[0], false)
+            .text(),
         "b: 10/s token_bucket delay 300ms per key (route)"
     );
     let errors = load_str(
