@@ -163,6 +163,24 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The client's request body broke its own framing (a malformed chunk): the client's
+/// error, answered 400, never blamed on the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// hyper's body error as sluice's: its decoder reports a malformed body as an `InvalidData`
+/// or `InvalidInput` I/O error (a cut-off body is `UnexpectedEof`: the client left).
+fn from_hyper(error: hyper::Error) -> BodyError {
+    let io = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<std::io::Error>());
+    match io.map(std::io::Error::kind) {
+        Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) => {
+            Box::new(Malformed("invalid chunked encoding"))
+        }
+        _ => error.into(),
+    }
+}
+
 impl From<Incoming> for ClientBody {
     fn from(inner: Incoming) -> Self {
         ClientBody::Hyper { inner }
@@ -178,8 +196,8 @@ impl http_body::Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(Into::into),
-            ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(from_hyper),
+            ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx),
             ClientBodyProj::Empty => Poll::Ready(None),
         }
     }

@@ -124,10 +124,12 @@ pub enum Verdict {
     Replayed = 9,
     /// Refused under the idempotency rules (409, 422).
     Refused = 10,
+    /// A malformed or ambiguously framed request (400), refused before anything else.
+    BadRequest = 11,
 }
 
 impl Verdict {
-    const ALL: [Verdict; 11] = [
+    const ALL: [Verdict; 12] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
@@ -139,6 +141,7 @@ impl Verdict {
         Verdict::TooLarge,
         Verdict::Replayed,
         Verdict::Refused,
+        Verdict::BadRequest,
     ];
 
     /// The label value.
@@ -155,6 +158,7 @@ impl Verdict {
             Verdict::Unavailable => "unavailable",
             Verdict::Replayed => "replayed",
             Verdict::Refused => "refused",
+            Verdict::BadRequest => "bad_request",
         }
     }
 }

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{Body, RequestBody, TooLarge};
+use crate::body::{Body, Malformed, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
 #[cfg_attr(not(target_os = "linux"), path = "upstream/batch_none.rs")]
@@ -54,6 +54,9 @@ pub enum UpstreamError {
     /// The client's body passed the route's `max_body` while it was being sent.
     #[error("{0}")]
     BodyTooLarge(TooLarge),
+    /// The client's body broke its framing while it was being sent.
+    #[error("{0}")]
+    MalformedBody(Malformed),
 }
 
 impl UpstreamError {
@@ -63,6 +66,7 @@ impl UpstreamError {
             UpstreamError::Unavailable { kind, .. } => kind,
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::BodyTooLarge(_) => "body_too_large",
+            UpstreamError::MalformedBody(_) => "malformed_body",
         }
     }
 }
@@ -189,12 +193,15 @@ impl Upstream {
             h1::Error::Timeout(after) => return UpstreamError::Timeout(after),
             h1::Error::Body(error) => match error.downcast::<TooLarge>() {
                 Ok(too_large) => return UpstreamError::BodyTooLarge(*too_large),
-                Err(error) => {
-                    return UpstreamError::Unavailable {
-                        kind: "reset",
-                        source: error,
+                Err(error) => match error.downcast::<Malformed>() {
+                    Ok(malformed) => return UpstreamError::MalformedBody(*malformed),
+                    Err(error) => {
+                        return UpstreamError::Unavailable {
+                            kind: "reset",
+                            source: error,
+                        }
                     }
-                }
+                },
             },
             h1::Error::Connect(_) => "connect",
             h1::Error::Closed(_) | h1::Error::Io(_) | h1::Error::Protocol(_) => "reset",
@@ -271,6 +278,9 @@ fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration)
             return UpstreamError::BodyTooLarge(TooLarge {
                 limit: too_large.limit,
             });
+        }
+        if let Some(malformed) = e.downcast_ref::<Malformed>() {
+            return UpstreamError::MalformedBody(Malformed(malformed.0));
         }
         source = e.source();
     }

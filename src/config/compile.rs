@@ -979,6 +979,12 @@ impl Compiler {
                 file.payload_too_large.as_ref(),
                 (413, response::DEFAULT_PAYLOAD_TOO_LARGE),
             ),
+            bad_request: reply(
+                self,
+                "bad_request",
+                file.bad_request.as_ref(),
+                (400, response::DEFAULT_BAD_REQUEST),
+            ),
             unavailable: reply(
                 self,
                 "unavailable",

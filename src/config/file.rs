@@ -657,6 +657,9 @@ pub struct Responses {
     /// Request body over the route's `max_body` (413).
     #[serde(default)]
     pub payload_too_large: Option<ResponseFile>,
+    /// A malformed or ambiguously framed request (400).
+    #[serde(default)]
+    pub bad_request: Option<ResponseFile>,
     /// The limit store failed and `store.on_error` is `deny` (503).
     #[serde(default)]
     pub unavailable: Option<ResponseFile>,
