@@ -61,8 +61,8 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let tcp = server::bind(config.listen).await?;
-    let admin_listener = server::bind(config.admin_listen).await?;
+    let tcp = server::bind(config.listen, config.limits.backlog)?;
+    let admin_listener = server::bind(config.admin_listen, server::system_backlog())?;
     let (routes, keys) = (
         config.policy.routes.len(),
         config.policy.identifier.registry.len(),

@@ -379,9 +379,64 @@ async fn until_told_to_close<F: Future>(watch: &Watch, work: F) -> Result<F::Out
     .await
 }
 
-/// Binds a listener, naming the address in the error.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+/// Binds a listener that queues up to `backlog` connections for `accept` (the kernel caps
+/// it at its own maximum), naming the address in the error. tokio's `bind` asks for 1024;
+/// a burst larger than the backlog loses SYNs, which clients retry only after a second.
+pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let listen = || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // As tokio's `bind`: a restart can listen again while old connections linger.
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        TcpListener::from_std(socket.into())
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+}
+
+/// The largest listen backlog the system allows: `net.core.somaxconn` on Linux (4096 since
+/// Linux 5.4), and 4096 where it cannot be read (the kernel caps what it is given).
+pub fn system_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backlog a listening socket was given, as `ss` reports it (its send queue).
+    fn listed_backlog(port: u16) -> u32 {
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let columns: Vec<_> = text.split_whitespace().collect();
+        columns[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("ss said {text:?}"))
+    }
+
+    #[tokio::test]
+    async fn the_listen_backlog_is_the_systems_maximum_or_the_configured_one() {
+        let system = system_backlog();
+        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") {
+            assert_eq!(system.to_string(), text.trim());
+        }
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = bind(loopback, system).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listed_backlog(port), system);
+        let listener = bind(loopback, 7).unwrap();
+        assert_eq!(listed_backlog(listener.local_addr().unwrap().port()), 7);
+    }
 }

@@ -1162,12 +1162,14 @@ impl Compiler {
                 .max_header_bytes
                 .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
             max_headers: file.max_headers.unwrap_or(100),
+            backlog: file.backlog.unwrap_or_else(crate::server::system_backlog),
         };
         let positive = [
             ("max_connections", limits.max_connections == 0),
             ("header_read_timeout", limits.header_read_timeout.is_zero()),
             ("idle_timeout", limits.idle_timeout.is_zero()),
             ("max_headers", limits.max_headers == 0),
+            ("backlog", limits.backlog == 0),
         ];
         for (name, zero) in positive {
             if zero {

@@ -117,6 +117,10 @@ pub struct LimitsFile {
     /// Most header fields in one request (default 100); more gets 431.
     #[serde(default)]
     pub max_headers: Option<usize>,
+    /// Connections the kernel queues for `accept` (default: the system's maximum,
+    /// `net.core.somaxconn` on Linux).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 fn default_listen() -> SocketAddr {
