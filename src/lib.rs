@@ -18,7 +18,7 @@
 //! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
 //! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`,
 //! [`tls`] loads and reloads certificates, [`http1`] holds what sluice's own HTTP/1.1 server
-//! and client share.
+//! and client share; `fuzz` (hidden from the docs) is what the fuzz targets call.
 
 // One module is let off: `upstream::batch` hands buffers to the kernel through io_uring.
 #![deny(unsafe_code)]
@@ -27,6 +27,8 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod headers;
 pub mod http1;
 pub mod idempotency;

@@ -28,7 +28,7 @@
 //! On shutdown the listener closes at once; connections finish their in-flight requests
 //! up to the deadline and are then dropped. Owns no request logic.
 
-mod h1;
+pub(crate) mod h1;
 mod io;
 mod watch;
 

@@ -25,7 +25,7 @@ use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 #[cfg_attr(not(target_os = "linux"), path = "upstream/batch_none.rs")]
 #[allow(unsafe_code)]
 mod batch;
-mod h1;
+pub(crate) mod h1;
 
 /// A response body streamed by sluice's own HTTP/1.1 client.
 pub use h1::ResponseBody as DirectBody;

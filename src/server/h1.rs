@@ -25,7 +25,7 @@
 //! connection are answered in order (pipelining).
 
 mod body;
-mod head;
+pub(crate) mod head;
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
