@@ -3,8 +3,15 @@
 //! whatever the bytes. Not an API (hidden from the docs); the regression tests of every
 //! crash found run them too.
 
-use bytes::BytesMut;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
 use http::Method;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::server::h1::head::{self, Framing, Limits, Refused};
@@ -189,5 +196,162 @@ pub fn response_head(input: &[u8]) {
     if let Ok(Some(status)) = crate::upstream::h1::parse_response_head(&mut buf, &method) {
         assert!(!status.is_informational());
         assert!(buf.len() < head.len());
+    }
+}
+
+/// Feeds `input` to sluice's own server framing ([`server_frames`]) and to hyper's HTTP/1.1
+/// server: every request sluice reads to its end must be one hyper reads too, in the same
+/// place, with the same method, target and body bytes. Where sluice refuses, hands off or
+/// waits for more, nothing further is compared: sluice may be stricter than hyper, never
+/// looser or different.
+pub fn differential(input: &[u8]) {
+    let sluice = server_frames(input);
+    let hyper = hyper_frames(input);
+    for (i, framed) in sluice.iter().enumerate() {
+        let Framed::Request {
+            method,
+            target,
+            body,
+        } = framed
+        else {
+            break;
+        };
+        let Some((h_method, h_target, h_body)) = hyper.get(i) else {
+            panic!("sluice read request {i} ({method} {target}); hyper did not: {hyper:?}");
+        };
+        assert_eq!((method, target), (h_method, h_target), "request {i}");
+        assert_eq!(Some(body), h_body.as_ref(), "body of request {i}");
+    }
+}
+
+/// A request as hyper's server read it: method, target, body (`None`: it failed).
+type HyperRequest = (String, String, Option<Vec<u8>>);
+
+/// The requests hyper's HTTP/1.1 server reads from `input`, under the limits sluice gives
+/// it (src/server.rs).
+fn hyper_frames(input: &[u8]) -> Vec<HyperRequest> {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let service = {
+        let seen = seen.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.ok().map(|b| b.to_bytes().to_vec());
+                let request = (parts.method.to_string(), parts.uri.to_string(), body);
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        // The input ends with the client's half-close; without this hyper drops the
+        // request in flight when it reads the end.
+        .half_close(true)
+        .header_read_timeout(None)
+        .max_headers(LIMITS.max_headers)
+        .max_header_size(LIMITS.max_bytes)
+        .max_buf_size(LIMITS.max_bytes);
+    let io = hyper_util::rt::TokioIo::new(Replay {
+        input: Bytes::copy_from_slice(input),
+    });
+    RUNTIME.with(|runtime| {
+        let _ = runtime.block_on(builder.serve_connection(io, service));
+    });
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+    seen
+}
+
+/// A connection whose client sent `input` and then half-closed; responses are dropped.
+struct Replay {
+    input: Bytes,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = self.input.len().min(buf.remaining());
+        let taken = self.input.split_to(n);
+        buf.put_slice(&taken);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every target on every input kept in `fuzz/corpus` (the seeds and the inputs that
+    /// once failed), so the stable test suite replays them.
+    #[test]
+    fn the_fuzz_corpora_pass_every_check() {
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 4] = [
+            ("request_head", request_head),
+            ("chunked", chunked),
+            ("response_head", response_head),
+            ("differential", differential),
+        ];
+        for (target, check) in targets {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus")
+                .join(target);
+            let mut inputs = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                check(&std::fs::read(&path).unwrap());
+                inputs += 1;
+            }
+            assert!(inputs > 0, "no corpus in {}", dir.display());
+        }
+    }
+
+    #[test]
+    fn sluice_frames_pipelined_requests_as_hyper_does() {
+        let input = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nokPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nyes\r\n0\r\n\r\nGET /c HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let frames = server_frames(input);
+        let request = |method: &str, target: &str, body: &[u8]| Framed::Request {
+            method: method.into(),
+            target: target.into(),
+            body: body.into(),
+        };
+        assert_eq!(
+            frames,
+            [
+                request("POST", "/a", b"ok"),
+                request("POST", "/b", b"yes"),
+                Framed::Refused
+            ]
+        );
+        // hyper reads the third too (it takes `gzip, chunked`): sluice is only stricter.
+        assert_eq!(hyper_frames(input).len(), 3);
+        differential(input);
     }
 }

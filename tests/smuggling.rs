@@ -352,7 +352,7 @@ async fn no_framing_two_readers_could_disagree_on_gets_through() {
     let errors = sluice
         .metric("sluice_upstream_errors_total{kind=\"reset\"}")
         .await;
-    assert_eq!(errors.unwrap_or(0.0), 0.0);
+    assert_eq!(errors, Some(0.0));
 }
 
 /// The same requests over TLS, where hyper's server reads the head: what its parsed request
@@ -410,6 +410,12 @@ limits: {{ max_header_bytes: 16KiB }}
             400,
         ),
         (
+            "chunk longer than stated",
+            chunked("2\r\nabc\r\n0\r\n\r\n"),
+            400,
+        ),
+        ("chunk size 0x", chunked("0x2\r\nab\r\n0\r\n\r\n"), 400),
+        (
             "head just under the limit",
             format!("GET /big HTTP/1.1\r\n{KEY}X-A: {big}\r\n\r\n"),
             200,
@@ -438,4 +444,12 @@ limits: {{ max_header_bytes: 16KiB }}
     }
     let upstream = seen.lock().unwrap().requests.clone();
     assert_eq!(upstream, ["GET /big "]);
+    let errors = sluice
+        .metric("sluice_upstream_errors_total{kind=\"reset\"}")
+        .await;
+    assert_eq!(
+        errors.unwrap_or(0.0),
+        0.0,
+        "a malformed body is not an upstream error"
+    );
 }

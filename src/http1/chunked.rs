@@ -107,6 +107,9 @@ impl Chunked {
 /// differently.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     match buf.iter().position(|&b| b == b'\n') {
+        // However the line arrived: in one read it would otherwise pass where in pieces
+        // the check below refuses it.
+        Some(end) if end > MAX_LINE => Err("chunk size line too long"),
         Some(end) => {
             if end == 0 || buf[end - 1] != b'\r' {
                 return Err("chunk line ends in a bare LF");
@@ -308,6 +311,19 @@ mod tests {
             trailers.extend_from_slice(b"x-long-trailer: 1\r\n");
         }
         assert_eq!(decode_all(&trailers, &[64]), Err("trailers too large"));
+    }
+
+    #[test]
+    fn a_long_line_is_refused_however_it_arrives() {
+        let mut body = b"1;".to_vec();
+        body.extend_from_slice(&[b'a'; MAX_LINE]);
+        body.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        for pieces in [&[body.len()][..], &[1000]] {
+            assert_eq!(decode_all(&body, pieces), Err("chunk size line too long"));
+        }
+        let mut seeded = vec![6];
+        seeded.extend_from_slice(&body);
+        crate::fuzz::chunked(&seeded);
     }
 
     #[test]
