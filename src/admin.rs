@@ -33,6 +33,9 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        // As on every other connection: a scrape's last small write must not wait for the
+        // scraper's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let metrics = metrics.clone();
         let reloader = reloader.clone();

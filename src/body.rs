@@ -100,13 +100,20 @@ pub fn headers_into_map(response: &mut Response<Body>) {
 /// Why a response body failed.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Passes an upstream body's frame on, letting go of `held` once the body ended or failed.
-fn release_at_end<E: Into<BodyError>>(
+/// Passes an upstream body's frame on, letting go of `held` once the body ended or failed;
+/// a failure is the upstream's (`reset_body`): the client's side of a response is written
+/// by the server, which never fails this body.
+fn release_at_end<E: Into<BodyError> + std::fmt::Display>(
     frame: Poll<Option<Result<Frame<Bytes>, E>>>,
     held: &mut Option<Held>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-    if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-        *held = None;
+    match &frame {
+        Poll::Ready(None) => *held = None,
+        Poll::Ready(Some(Err(error))) => {
+            *held = None;
+            crate::upstream::report(crate::upstream::Failure::ResetBody, error, None);
+        }
+        _ => {}
     }
     frame.map_err(Into::into)
 }
@@ -163,23 +170,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// The client's request body broke its own framing (a malformed chunk): the client's
-/// error, answered 400, never blamed on the upstream.
+/// The client's request body broke its own framing (a malformed chunk), as sluice's own
+/// server reads it: the client's error, answered 400, never blamed on the upstream.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed request body: {0}")]
 pub struct Malformed(pub &'static str);
 
-/// hyper's body error as sluice's: its decoder reports a malformed body as an `InvalidData`
-/// or `InvalidInput` I/O error (a cut-off body is `UnexpectedEof`: the client left).
-fn from_hyper(error: hyper::Error) -> BodyError {
-    let io = std::error::Error::source(&error).and_then(|e| e.downcast_ref::<std::io::Error>());
-    match io.map(std::io::Error::kind) {
-        Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) => {
-            Box::new(Malformed("invalid chunked encoding"))
-        }
-        _ => error.into(),
-    }
-}
 
 impl From<Incoming> for ClientBody {
     fn from(inner: Incoming) -> Self {
@@ -196,7 +192,7 @@ impl http_body::Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(from_hyper),
+            ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(Into::into),
             ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx),
             ClientBodyProj::Empty => Poll::Ready(None),
         }

@@ -71,8 +71,9 @@ pub struct UpstreamSettings {
     pub host: HostHeader,
     /// HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
     pub http2: bool,
-    /// Bodiless request heads batched into one io_uring submission where possible.
-    pub batch_writes: bool,
+    /// Most idle connections kept for reuse; 0 (`keepalive: false`) reuses none and asks
+    /// the upstream to close each connection after its response.
+    pub max_idle: usize,
     /// For an `https://` upstream: roots, client certificate (ALPN is set by the client).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// SNI and verified name, when not the URL's host.
@@ -205,6 +206,9 @@ pub struct Config {
     pub inputs: Vec<InputFile>,
     /// SHA-256 of the texts of `inputs`, concatenated in order.
     pub sha256: [u8; 32],
+    /// Settings that are accepted but no longer do anything, placed in their file: logged
+    /// at startup and on reload, printed by `sluice check`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Hot reload settings.
@@ -326,9 +330,23 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         });
         digest.update(keys_text.as_bytes());
     }
+    let deprecated = deprecated(&file);
     let compiled = compile::compile_in(file, keys, dir).map(|mut config| {
         config.inputs = inputs;
         config.sha256 = digest.finalize().into();
+        let locations = Locations::index(text);
+        config.warnings = deprecated
+            .into_iter()
+            .map(|(path, message)| {
+                let at = locations.find(path);
+                ConfigError {
+                    file: name.into(),
+                    line: at.map(|l| l.line),
+                    column: at.map(|l| l.column),
+                    message: format!("{path}: {message}"),
+                }
+            })
+            .collect();
         config
     });
     compiled.map_err(|problems| {
@@ -364,6 +382,20 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         errors.dedup();
         ConfigErrors(errors)
     })
+}
+
+/// Settings a config may still carry from an older sluice, which are accepted and ignored
+/// (with a warning) rather than refused: refusing would stop a running fleet's next
+/// restart over a setting that changed nothing but speed.
+fn deprecated(file: &file::File) -> Vec<(&'static str, &'static str)> {
+    let mut found = Vec::new();
+    if file.upstream.batch_writes.is_some() {
+        found.push((
+            "upstream.batch_writes",
+            "no longer used and ignored (the io_uring write batching was removed); delete the line",
+        ));
+    }
+    found
 }
 
 /// Joins the relative file paths of a config to the config's directory.

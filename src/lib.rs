@@ -20,8 +20,7 @@
 //! [`tls`] loads and reloads certificates, [`http1`] holds what sluice's own HTTP/1.1 server
 //! and client share; `fuzz` (hidden from the docs) is what the fuzz targets call.
 
-// One module is let off: `upstream::batch` hands buffers to the kernel through io_uring.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(clippy::large_futures)]
 
 pub mod admin;
@@ -98,7 +97,6 @@ pub async fn run(
         limits: config.limits.clone(),
     };
     let config_tls = certificate.is_some();
-    let batched_writes = config.upstream.batch_writes && upstream::batched_writes();
     let cert_watcher = certificate.map(|c| tokio::spawn(c.watch(config.reload.interval)));
     let mut gateway = proxy::Gateway::new(config, store.clone(), clock.clone());
     if let Some((penalties, records, slots)) = shared {
@@ -121,7 +119,6 @@ pub async fn run(
         routes,
         keys,
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
-        batched_writes,
         "sluice is running"
     );
 

@@ -116,6 +116,9 @@ fn load(path: Option<&PathBuf>) -> Result<config::Config, config::ConfigErrors> 
 fn check(path: &PathBuf) -> ExitCode {
     match load(Some(path)) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", sluice::policy::summary(&config));
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
@@ -181,6 +184,9 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = sluice::telemetry::install_metrics();
     let config = load(path.as_ref()).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
     sluice::telemetry::init_logs(config.log.json, &config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = runtime().context("cannot start the async runtime")?;
     runtime.block_on(sluice::run(config, metrics, shutdown_signal()))?;
     Ok(())

@@ -384,17 +384,21 @@ impl Gateway {
                 tracing::debug!(%error, request_id = reply.request_id(), "request body cut off");
                 reply.reject(Rejection::PayloadTooLarge, decision, limits)
             }
-            // The client's fault: not an upstream error. The exchange was abandoned and the
-            // connection closes (the body's end cannot be found).
-            Err(UpstreamError::MalformedBody(error)) => {
-                tracing::debug!(%error, request_id = reply.request_id(), "request body malformed");
+            // The client's failure (it left, or broke its body's framing), never the
+            // upstream's: counted as such, answered 400 in the envelope (when it is still
+            // there to read it), and its connection closes.
+            Err(UpstreamError::ClientBody(error)) => {
+                crate::upstream::client_aborted(&error, reply.request_id());
                 reply.reject(Rejection::BadRequest, decision, limits)
             }
             Err(error) => {
-                telemetry::upstream_error(error.kind());
-                tracing::warn!(%error, request_id = reply.request_id(), "upstream failed");
+                if let Some(kind) = error.kind() {
+                    crate::upstream::report(kind, &error, Some(reply.request_id()));
+                }
                 let rejection = match error {
-                    UpstreamError::Timeout(_) => Rejection::UpstreamTimeout,
+                    UpstreamError::Timeout(_) | UpstreamError::ConnectTimeout(_) => {
+                        Rejection::UpstreamTimeout
+                    }
                     _ => Rejection::UpstreamUnavailable,
                 };
                 reply.reject(rejection, decision, limits)

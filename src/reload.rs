@@ -121,6 +121,9 @@ impl Reloader {
         let before = read_seen(&seen);
         match config::load(path) {
             Ok(config) => {
+                for warning in &config.warnings {
+                    tracing::warn!(trigger = trigger.as_str(), "{warning}");
+                }
                 *seen = inputs_seen(&config);
                 Ok(self.swap(config, trigger))
             }

@@ -23,16 +23,16 @@ pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
 pub const UPSTREAM_DURATION: &str = "sluice_upstream_duration_seconds";
 /// Time the limiter took for one decision, in seconds.
 pub const LIMITER_DURATION: &str = "sluice_limiter_duration_seconds";
-/// Upstream failures by kind (connect, timeout, reset).
+/// Upstream failures by kind (`crate::upstream::Failure`: connect, connect_timeout,
+/// timeout, reset, protocol, reset_body).
 pub const UPSTREAM_ERRORS: &str = "sluice_upstream_errors_total";
+/// Requests whose client broke off its body while sluice forwarded it (not an upstream
+/// failure).
+pub const CLIENT_ABORTS: &str = "sluice_client_aborts_total";
 /// Connections sluice's HTTP/1.1 client opened to the upstream.
 pub const UPSTREAM_CONNECTIONS: &str = "sluice_upstream_connections_opened_total";
 /// Requests sent again on a new connection after their pooled one closed under them.
 pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
-/// io_uring submissions of request heads (`upstream.batch_writes`).
-pub const UPSTREAM_WRITE_BATCHES: &str = "sluice_upstream_write_batches_total";
-/// Request heads sent in those submissions.
-pub const UPSTREAM_BATCHED_HEADS: &str = "sluice_upstream_batched_heads_total";
 /// Counters tracked by the store.
 pub const STORE_ENTRIES: &str = "sluice_store_entries";
 /// Decisions counted on the shared overflow counter because the store was full.
@@ -243,15 +243,14 @@ pub fn upstream_error(kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
 }
 
+/// Counts a client that broke off its request body while it was forwarded.
+pub fn client_aborted() {
+    metrics::counter!(CLIENT_ABORTS).increment(1);
+}
+
 /// A new connection to an `http://` upstream.
 pub fn upstream_connected() {
     metrics::counter!(UPSTREAM_CONNECTIONS).increment(1);
-}
-
-/// One io_uring submission carrying `heads` request heads.
-pub fn upstream_write_batch(heads: usize) {
-    metrics::counter!(UPSTREAM_WRITE_BATCHES).increment(1);
-    metrics::counter!(UPSTREAM_BATCHED_HEADS).increment(heads as u64);
 }
 
 /// A request resent after its pooled connection closed.
@@ -386,13 +385,12 @@ pub fn install_metrics() -> PrometheusHandle {
         .expect("the metrics recorder is installed once");
     describe();
     // Registered up front so dashboards and alerts see zeros instead of absent series.
-    for kind in ["connect", "reset", "timeout"] {
-        metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
+    for kind in crate::upstream::Failure::ALL {
+        metrics::counter!(UPSTREAM_ERRORS, "kind" => kind.as_str()).absolute(0);
     }
+    metrics::counter!(CLIENT_ABORTS).absolute(0);
     metrics::counter!(UPSTREAM_CONNECTIONS).absolute(0);
     metrics::counter!(UPSTREAM_RETRIES).absolute(0);
-    metrics::counter!(UPSTREAM_WRITE_BATCHES).absolute(0);
-    metrics::counter!(UPSTREAM_BATCHED_HEADS).absolute(0);
     metrics::counter!(STORE_OVERFLOW).absolute(0);
     metrics::counter!(CONNECTIONS_SATURATED).absolute(0);
     metrics::gauge!(TUNNELS_OPEN).set(0.0);
@@ -435,20 +433,16 @@ fn describe() {
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures by kind.");
     describe_counter!(
+        CLIENT_ABORTS,
+        "Requests whose client broke off its body while it was forwarded (not an upstream failure)."
+    );
+    describe_counter!(
         UPSTREAM_CONNECTIONS,
         "Connections opened to an http:// upstream (low when keep-alive reuse works)."
     );
     describe_counter!(
         UPSTREAM_RETRIES,
         "Requests resent on a new connection after their pooled one closed as they were sent."
-    );
-    describe_counter!(
-        UPSTREAM_WRITE_BATCHES,
-        "io_uring submissions of request heads to the upstream."
-    );
-    describe_counter!(
-        UPSTREAM_BATCHED_HEADS,
-        "Request heads sent in io_uring submissions (over the batches: heads per batch)."
     );
     describe_gauge!(STORE_ENTRIES, "Counters tracked by the store.");
     describe_counter!(

@@ -19,13 +19,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{Body, Malformed, RequestBody, TooLarge};
+use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
-#[cfg_attr(not(target_os = "linux"), path = "upstream/batch_none.rs")]
-#[allow(unsafe_code)]
-mod batch;
+mod failure;
 pub(crate) mod h1;
+
+pub use failure::{client_aborted, report, Failure};
 
 /// A response body streamed by sluice's own HTTP/1.1 client.
 pub use h1::ResponseBody as DirectBody;
@@ -40,33 +40,37 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Connection refused, reset, or the upstream broke the protocol.
-    #[error("upstream unavailable ({kind}): {source}")]
+    /// Connection refused or reset, or the upstream broke the protocol.
+    #[error("{source}")]
     Unavailable {
-        /// Metric label: connect, reset.
-        kind: &'static str,
+        /// Metric label.
+        kind: Failure,
         /// What failed.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// No response headers within the timeout (or connect timed out).
-    #[error("upstream timed out after {0:?}")]
+    /// No connection within `upstream.connect_timeout`.
+    #[error("upstream connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// No response head within `upstream.timeout`.
+    #[error("upstream sent no response head within {0:?}")]
     Timeout(Duration),
     /// The client's body passed the route's `max_body` while it was being sent.
     #[error("{0}")]
     BodyTooLarge(TooLarge),
-    /// The client's body broke its framing while it was being sent.
+    /// The client's body failed while it was being sent (the client closed or reset its
+    /// connection, or broke the body's framing): the client's failure, not the upstream's.
     #[error("{0}")]
-    MalformedBody(Malformed),
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl UpstreamError {
-    /// Bounded metric label.
-    pub fn kind(&self) -> &'static str {
+    /// Which upstream failure this is; `None` for the client's own.
+    pub fn kind(&self) -> Option<Failure> {
         match self {
-            UpstreamError::Unavailable { kind, .. } => kind,
-            UpstreamError::Timeout(_) => "timeout",
-            UpstreamError::BodyTooLarge(_) => "body_too_large",
-            UpstreamError::MalformedBody(_) => "malformed_body",
+            UpstreamError::Unavailable { kind, .. } => Some(*kind),
+            UpstreamError::ConnectTimeout(_) => Some(Failure::ConnectTimeout),
+            UpstreamError::Timeout(_) => Some(Failure::Timeout),
+            UpstreamError::BodyTooLarge(_) | UpstreamError::ClientBody(_) => None,
         }
     }
 }
@@ -110,7 +114,7 @@ impl Upstream {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(settings.max_idle)
             .http2_only(settings.http2)
             .build(connector);
         let direct = match &settings.target {
@@ -119,7 +123,7 @@ impl Upstream {
             {
                 Some(Arc::new(
                     h1::Client::new(base, settings.connect_timeout, settings.idle_timeout)
-                        .batch_writes(settings.batch_writes),
+                        .max_idle(settings.max_idle),
                 ))
             }
             _ => None,
@@ -188,35 +192,24 @@ impl Upstream {
     fn classify_direct(&self, error: h1::Error) -> UpstreamError {
         let kind = match error {
             h1::Error::ConnectTimeout => {
-                return UpstreamError::Timeout(self.settings.connect_timeout)
+                return UpstreamError::ConnectTimeout(self.settings.connect_timeout)
             }
             h1::Error::Timeout(after) => return UpstreamError::Timeout(after),
-            h1::Error::Body(error) => match error.downcast::<TooLarge>() {
-                Ok(too_large) => return UpstreamError::BodyTooLarge(*too_large),
-                Err(error) => match error.downcast::<Malformed>() {
-                    Ok(malformed) => return UpstreamError::MalformedBody(*malformed),
-                    Err(error) => {
-                        return UpstreamError::Unavailable {
-                            kind: "reset",
-                            source: error,
-                        }
-                    }
-                },
-            },
-            h1::Error::Connect(_) => "connect",
-            h1::Error::Closed(_) | h1::Error::Io(_) | h1::Error::Protocol(_) => "reset",
+            h1::Error::Body(error) => {
+                return match error.downcast::<TooLarge>() {
+                    Ok(too_large) => UpstreamError::BodyTooLarge(*too_large),
+                    Err(error) => UpstreamError::ClientBody(error),
+                }
+            }
+            h1::Error::Connect(_) => Failure::Connect,
+            h1::Error::Protocol(_) => Failure::Protocol,
+            h1::Error::Unsent(_) | h1::Error::Closed(_) | h1::Error::Io(_) => Failure::Reset,
         };
         UpstreamError::Unavailable {
             kind,
             source: Box::new(error),
         }
     }
-}
-
-/// Whether request heads can be batched on this thread (`upstream.batch_writes`): the
-/// single-threaded runtime on a kernel that allows io_uring.
-pub fn batched_writes() -> bool {
-    batch::available()
 }
 
 /// What the upstream is told about the original request.
@@ -267,11 +260,18 @@ impl Added {
 }
 
 fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration) -> UpstreamError {
+    let mut kind = if error.is_connect() {
+        Failure::Connect
+    } else {
+        Failure::Reset
+    };
+    let mut client = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // The connector's own timeout: requests' are timed outside the client.
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout(connect_timeout);
+                return UpstreamError::ConnectTimeout(connect_timeout);
             }
         }
         if let Some(too_large) = e.downcast_ref::<TooLarge>() {
@@ -279,16 +279,19 @@ fn classify(error: hyper_util::client::legacy::Error, connect_timeout: Duration)
                 limit: too_large.limit,
             });
         }
-        if let Some(malformed) = e.downcast_ref::<Malformed>() {
-            return UpstreamError::MalformedBody(Malformed(malformed.0));
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            // The request body hyper was sending failed: the client's stream (unless it was
+            // cut off at `max_body`, found further down the chain).
+            client |= hyper.is_user();
+            if hyper.is_parse() || hyper.is_parse_status() {
+                kind = Failure::Protocol;
+            }
         }
         source = e.source();
     }
-    let kind = if error.is_connect() {
-        "connect"
-    } else {
-        "reset"
-    };
+    if client {
+        return UpstreamError::ClientBody(error.into());
+    }
     UpstreamError::Unavailable {
         kind,
         source: Box::new(error),

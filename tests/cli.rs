@@ -82,6 +82,20 @@ fn check_summarises_a_good_policy() {
     );
 }
 
+/// A setting an older sluice used and this one ignores: accepted, with a warning that
+/// names its place, so a fleet's next restart does not stop on it.
+#[test]
+fn check_warns_about_a_removed_setting_and_accepts_the_config() {
+    let (code, stdout, stderr) = check("upstream:\n  url: \"demo:\"\n  batch_writes: false\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "warning: FILE:3:17: upstream.batch_writes: no longer used and ignored \
+         (the io_uring write batching was removed); delete the line"
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
 #[test]
 fn version_and_help() {
     let out = sluice(&["--version"]);

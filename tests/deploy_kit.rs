@@ -74,8 +74,8 @@ fn every_file_parses_and_every_policy_compiles() {
         }
     }
     assert_eq!(
-        policies, 2,
-        "the Kubernetes ConfigMap and the compose policy"
+        policies, 3,
+        "the Kubernetes ConfigMap and the two compose replicas' policies"
     );
 }
 

@@ -416,52 +416,6 @@ async fn one_cpu_runs_one_thread() {
     demo_goes_from_200_to_429(&sluice).await;
 }
 
-/// On one CPU the heads of requests that arrive together go upstream in one io_uring
-/// submission: 64 clients at once, each answer is the one to its own request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_upstream_writes_reach_their_own_connections() {
-    let up = upstream().await;
-    for batch in [true, false] {
-        let (_dir, path) = support::config_file(&format!(
-            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n\
-             upstream: {{ url: http://{}, batch_writes: {batch} }}\n\
-             unknown_key: {{ plan: p, per: key }}\n\
-             plans: {{ p: {{ limits: {{ all: 1000000/s }} }} }}\n",
-            up.addr
-        ));
-        let sluice = Sluice::start_on_one_cpu(&path);
-        let log = sluice.log_text();
-        assert!(log.contains(&format!("batched_writes={batch}")), "{log}");
-        let mut tasks = Vec::new();
-        for client in 0..64 {
-            let listen = sluice.listen;
-            tasks.push(tokio::spawn(async move {
-                let mut conn = Conn::open(listen).await;
-                for request in 0..20 {
-                    let path = format!("/mine/{client}/{request}");
-                    let reply = conn.get(&path, &format!("key-{client}")).await.unwrap();
-                    assert_eq!(
-                        (reply.status, reply.body.as_str()),
-                        (StatusCode::OK, path.as_str())
-                    );
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let heads = sluice.metric("sluice_upstream_batched_heads_total").await;
-        let batches = sluice.metric("sluice_upstream_write_batches_total").await;
-        if batch {
-            // Every head went in a batch, and batches held more than one.
-            assert_eq!(heads, Some(1280.0));
-            assert!(batches.unwrap() < 1280.0, "{batches:?}");
-        } else {
-            assert_eq!((heads, batches), (Some(0.0), Some(0.0)));
-        }
-    }
-}
-
 async fn demo_goes_from_200_to_429(sluice: &Sluice) {
     let mut conn = sluice.connect().await;
     let mut statuses = Vec::new();

@@ -259,6 +259,55 @@ async fn local_mode_keeps_each_replica_to_its_share() {
     }
 }
 
+/// Two outages in one window: the local counts a replica kept while Redis was down are
+/// still there in the next outage (docs/redis.md says why: a Redis that flaps must not
+/// hand out a fresh share each time). With one replica the share is the whole limit: 10
+/// admitted in the first outage, Redis counts again while it is back, none in the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_counts_carry_from_one_outage_into_the_next() {
+    let upstream = support::upstream().await;
+    let mut redis = Redis::start();
+    let routes = "  - { name: api, match: { path: /api }, limit: 10/h }\n";
+    // A generous timeout: no call may be decided locally merely for being slow.
+    let store = "timeout: 2s, on_error: local";
+    let (_dir, replicas) = start(1, &config_with(upstream, &redis, store, routes));
+    let sluice = &replicas[0];
+    let local = async || {
+        sluice
+            .metric("sluice_store_local_decisions_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    assert_eq!(local().await, 0.0);
+
+    redis.kill();
+    let first = one_by_one(&replicas, "/api", "k", 15).await;
+    assert_eq!(count(&first, StatusCode::OK), 10, "the share, in memory");
+    assert_eq!(local().await, 15.0);
+
+    redis.restart();
+    eventually("the breaker to close", async || {
+        sluice.metric("sluice_store_breaker_open").await == Some(0.0)
+    })
+    .await;
+    // Redis rules again (restarted empty, it counts from zero), without local decisions.
+    let between = one_by_one(&replicas, "/api", "k", 3).await;
+    assert_eq!(count(&between, StatusCode::OK), 3);
+    assert_eq!(local().await, 15.0);
+
+    redis.kill();
+    let second = one_by_one(&replicas, "/api", "k", 5).await;
+    assert_eq!(
+        count(&second, StatusCode::TOO_MANY_REQUESTS),
+        5,
+        "the share of this window was spent in the first outage"
+    );
+    assert_eq!(local().await, 20.0);
+    // Another caller's share is whole.
+    let other = one_by_one(&replicas, "/api", "other", 12).await;
+    assert_eq!(count(&other, StatusCode::OK), 10);
+}
+
 /// Waits until every replica counts `n` live replicas (the lease cap depends on it).
 async fn see_each_other(replicas: &[Sluice]) {
     let n = replicas.len() as f64;

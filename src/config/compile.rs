@@ -51,6 +51,8 @@ pub const DEFAULT_PLAN: &str = "default";
 pub const ANONYMOUS_PLAN: &str = "anonymous";
 /// Largest `limits.max_connections` (far beyond any file-descriptor limit).
 pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Default `upstream.max_idle_connections`.
+pub const DEFAULT_MAX_IDLE: usize = 1024;
 /// Smallest `limits.max_header_bytes`: hyper's minimum read buffer.
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -287,6 +289,7 @@ pub fn compile_in(
         reload,
         inputs: Vec::new(),
         sha256: [0; 32],
+        warnings: Vec::new(),
     })
 }
 
@@ -1082,7 +1085,11 @@ impl Compiler {
             idle_timeout: file.idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             host,
             http2: file.http2.unwrap_or(false),
-            batch_writes: file.batch_writes.unwrap_or(true),
+            max_idle: if file.keepalive.unwrap_or(true) {
+                file.max_idle_connections.unwrap_or(DEFAULT_MAX_IDLE)
+            } else {
+                0
+            },
             tls,
             server_name,
         }

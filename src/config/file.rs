@@ -185,9 +185,17 @@ pub struct Upstream {
     /// Speak HTTP/2 to the upstream (ALPN over https, prior knowledge over http).
     #[serde(default)]
     pub http2: Option<bool>,
-    /// Send the heads of bodiless requests that are ready together in one io_uring
-    /// submission (default true; only on Linux, with one CPU, where io_uring is allowed).
+    /// Reuse connections to the upstream (default true). `false`: every request goes on a
+    /// new connection and asks the upstream to close it (`Connection: close`).
     #[serde(default)]
+    pub keepalive: Option<bool>,
+    /// Most idle connections kept open for reuse (default 1024).
+    #[serde(default)]
+    pub max_idle_connections: Option<usize>,
+    /// Deprecated and ignored: io_uring write batching was removed. Accepted (with a
+    /// warning) so that a config written for an older sluice still loads.
+    #[serde(default)]
+    #[schemars(extend("deprecated" = true))]
     pub batch_writes: Option<bool>,
     /// How an `https://` upstream is trusted and what sluice presents to it.
     #[serde(default)]

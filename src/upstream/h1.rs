@@ -34,13 +34,12 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::body::{BodyError, RequestBody};
 use crate::http1::chunked::{Chunked, Decoded};
 use crate::http1::{chunk_size, line, read, RawHeaders};
-use crate::upstream::{batch, Added};
+use crate::upstream::Added;
 
 /// Largest response head read (status line and headers).
 const MAX_HEAD: usize = 64 * 1024;
@@ -62,7 +61,10 @@ pub enum Error {
     /// Opening a connection took longer than `connect_timeout`.
     #[error("connect timed out")]
     ConnectTimeout,
-    /// The connection failed before any byte of a response arrived.
+    /// The connection broke while the request was being written.
+    #[error("connection broke while the request was sent: {0}")]
+    Unsent(io::Error),
+    /// The connection was closed (EOF) or reset before any byte of a response arrived.
     #[error("connection closed before the response: {0}")]
     Closed(io::Error),
     /// The connection failed during the response.
@@ -79,6 +81,40 @@ pub enum Error {
     Body(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl Error {
+    /// Whether the upstream cannot have acted on the request, which is what makes a
+    /// resend safe: the connection broke while the request was being written (it never
+    /// had all of it), or was reset before a byte of the response (its kernel discarded
+    /// what the server had left unread: a connection it closed as the request arrived).
+    /// A plain close before the response is also what a server that read the request and
+    /// then gave up looks like, so that counts only for a method the upstream may see
+    /// twice (Go's `net/http` transport draws the same line).
+    fn unprocessed(&self, idempotent: bool) -> bool {
+        match self {
+            Error::Unsent(_) => true,
+            Error::Closed(error) => {
+                idempotent
+                    || matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::ConnectionAborted
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// A read failure met while the request was still being written is a write failure:
+    /// the upstream never had the whole request.
+    fn unsent(self) -> Self {
+        match self {
+            Error::Closed(error) => Error::Unsent(error),
+            other => other,
+        }
+    }
+}
+
 /// A pooled HTTP/1.1 client for one `http://` upstream.
 #[derive(Debug)]
 pub struct Client {
@@ -88,8 +124,6 @@ pub struct Client {
     prefix: String,
     connect_timeout: Duration,
     pool: Arc<Pool>,
-    /// Bodiless request heads go out in batches (`upstream.batch_writes`).
-    batch: bool,
 }
 
 impl Client {
@@ -110,16 +144,18 @@ impl Client {
             pool: Arc::new(Pool {
                 idle: Mutex::new(VecDeque::new()),
                 idle_timeout,
+                max_idle: MAX_IDLE,
                 sweeping: AtomicBool::new(false),
             }),
-            batch: true,
         }
     }
 
-    /// Whether bodiless request heads are written in batches where io_uring allows
-    /// (the default) or each with its own system call.
-    pub fn batch_writes(mut self, batch: bool) -> Self {
-        self.batch = batch;
+    /// Keeps at most `max_idle` idle connections (1024 unless told); with 0, none is
+    /// reused and every request asks the upstream to close its connection.
+    pub fn max_idle(mut self, max_idle: usize) -> Self {
+        if let Some(pool) = Arc::get_mut(&mut self.pool) {
+            pool.max_idle = max_idle;
+        }
         self
     }
 
@@ -138,22 +174,23 @@ impl Client {
         let length = body.size_hint().exact();
         let bodyless = length == Some(0);
         let head = self.encode_head(parts, added, length);
-        // A request that never reached the upstream is sent again on a fresh connection
-        // when that is safe: no body to replay, and a method the upstream may see twice.
-        let retry = bodyless && parts.method.is_idempotent();
-        let mut body = (!bodyless).then_some(body);
-        // Without batched writes (`batch`), let the other requests that became ready in
-        // this turn of the event loop get this far too, so that their writes reach the
-        // upstream back to back: an upstream on the same CPU (a sidecar) is woken by a write
-        // and often given the CPU at once, and writes spread out between the requests' other
-        // work wake it once per request. Here rather than in the exchange: the response
-        // timer is polled only while the response is awaited, not again for this turn.
-        let batched = bodyless && self.batch && batch::available();
-        if !batched {
-            tokio::task::yield_now().await;
-        }
+        // Boxed for the same reason as connecting (below): bodiless requests need none of it.
+        let mut body = (!bodyless).then(|| Box::new(Outgoing::new(body, length.is_none())));
+        let idempotent = parts.method.is_idempotent();
+        // Let the other requests that became ready in this turn of the event loop get this
+        // far too, so that their writes reach the upstream back to back: an upstream on the
+        // same CPU (a sidecar) is woken by a write and often given the CPU at once, and
+        // writes spread out between the requests' other work wake it once per request. Here
+        // rather than in the exchange: the response timer is polled only while the response
+        // is awaited, not again for this turn. The yield also has the runtime poll for
+        // events before the pool is looked at, so a FIN or stray bytes that arrived on an
+        // idle connection since are seen (`Conn::still_open`).
+        tokio::task::yield_now().await;
+        let mut resent = false;
         loop {
-            let (conn, reused) = match self.pool.take(now) {
+            // A resend goes on a new connection: the pool may hold more the upstream closed.
+            let pooled = if resent { None } else { self.pool.take(now) };
+            let (conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => {
                     // Boxed: connecting is rare with a warm pool, and its future (the name
@@ -163,17 +200,25 @@ impl Client {
                     (connect.await.map_err(|_| Error::Timeout(timeout))??, false)
                 }
             };
-            match std::pin::pin!(conn.exchange(
-                &head,
-                body.take(),
-                &parts.method,
-                deadline,
-                batched
-            ))
-            .await
-            {
+            let result = {
+                let exchange = conn.exchange(&head, body.as_deref_mut(), &parts.method, deadline);
+                std::pin::pin!(exchange).await
+            };
+            match result {
                 Err(Error::Timeout(_)) => return Err(Error::Timeout(timeout)),
-                Err(Error::Closed(_)) if reused && retry => crate::telemetry::upstream_retried(),
+                // A kept-alive connection the upstream closed as the request went out (its
+                // idle timeout, a restart, or a server that closes after every response
+                // without saying so): sent again, once, when the upstream cannot have acted
+                // on it and sluice still has all of it.
+                Err(error)
+                    if reused
+                        && error.unprocessed(idempotent)
+                        && body.as_deref_mut().is_none_or(Outgoing::rewind) =>
+                {
+                    tracing::debug!(%error, "pooled upstream connection lost; sending again on a new one");
+                    crate::telemetry::upstream_retried();
+                    resent = true;
+                }
                 Err(error) => return Err(error),
                 Ok((response, conn)) => return Ok(self.respond(response, conn)),
             }
@@ -223,6 +268,9 @@ impl Client {
         }
         for (name, value) in added.iter() {
             line(&mut head, name.as_str(), value.as_bytes());
+        }
+        if self.pool.max_idle == 0 {
+            line(&mut head, header::CONNECTION.as_str(), b"close");
         }
         match length {
             Some(0) if !(announced || sends_body(&parts.method)) => {}
@@ -278,17 +326,83 @@ fn sends_body(method: &Method) -> bool {
     method == Method::POST || method == Method::PUT || method == Method::PATCH
 }
 
+/// A request body on its way out. While what it has sent is small, that is kept (the
+/// frames are reference-counted: nothing is copied), so a request lost to a connection the
+/// upstream had closed can be sent again whole on a new one.
+struct Outgoing {
+    body: RequestBody,
+    /// Framed by chunks (its size was not known).
+    chunked: bool,
+    /// The frames taken from `body` so far, while they fit [`KEPT_BODY`].
+    kept: smallvec::SmallVec<[Bytes; 2]>,
+    kept_len: usize,
+    /// Everything taken from `body` is in `kept`.
+    whole: bool,
+    /// Frames of `kept` given out on the current connection.
+    given: usize,
+}
+
+/// Most body bytes (and frames) kept for a resend; a longer body is never sent twice.
+const KEPT_BODY: usize = 64 * 1024;
+const KEPT_FRAMES: usize = 16;
+
+impl Outgoing {
+    fn new(body: RequestBody, chunked: bool) -> Self {
+        Self {
+            body,
+            chunked,
+            kept: smallvec::SmallVec::new(),
+            kept_len: 0,
+            whole: true,
+            given: 0,
+        }
+    }
+
+    /// The next piece of the body: first what was kept, then the rest of the stream.
+    /// Trailers are not forwarded (an empty piece).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        if let Some(data) = self.kept.get(self.given) {
+            self.given += 1;
+            return Poll::Ready(Some(Ok(data.clone())));
+        }
+        let data = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+            Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        };
+        if self.whole {
+            if self.kept_len + data.len() <= KEPT_BODY && self.kept.len() < KEPT_FRAMES {
+                self.kept_len += data.len();
+                self.kept.push(data.clone());
+                self.given += 1;
+            } else {
+                self.whole = false;
+                self.kept = smallvec::SmallVec::new();
+            }
+        }
+        Poll::Ready(Some(Ok(data)))
+    }
+
+    /// Starts over for a resend; false when part of the body is gone.
+    fn rewind(&mut self) -> bool {
+        self.given = 0;
+        self.whole
+    }
+}
+
 /// Idle connections, most recently used last.
 #[derive(Debug)]
 struct Pool {
     idle: Mutex<VecDeque<(Conn, Instant)>>,
     idle_timeout: Duration,
+    /// Most idle connections kept (`upstream.max_idle_connections`).
+    max_idle: usize,
     /// Whether the background sweep runs (started by the first connection put back).
     sweeping: AtomicBool,
 }
 
-/// Most idle connections kept.
-const MAX_IDLE: usize = 1024;
+/// Most idle connections kept unless configured.
+const MAX_IDLE: usize = crate::config::compile::DEFAULT_MAX_IDLE;
 
 impl Pool {
     /// The most recently used idle connection still usable, if any. The others met on the
@@ -311,12 +425,15 @@ impl Pool {
     }
 
     fn put(self: &Arc<Self>, mut conn: Conn) {
+        if self.max_idle == 0 {
+            return;
+        }
         if conn.buf.capacity() > KEPT_BUFFER {
             conn.buf = BytesMut::new();
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push_back((conn, now));
         }
         drop(idle);
@@ -392,7 +509,11 @@ enum Framing {
 
 impl Conn {
     /// Whether an idle connection can take a request: the upstream has neither closed it
-    /// nor sent anything unasked. Costs no system call unless the socket became readable.
+    /// nor sent anything unasked (a late response must not reach the next request's
+    /// client). Costs no system call unless the socket became readable. tokio's readiness
+    /// is as fresh as the runtime's last poll for events, which the yield before every
+    /// exchange brings about (a one-byte `MSG_PEEK` instead would cost a system call, some
+    /// 4% of a request's CPU, and still race with a close that comes after it).
     fn still_open(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match self.stream.poll_read_ready(&mut cx) {
@@ -409,10 +530,9 @@ impl Conn {
     async fn exchange(
         mut self,
         head: &[u8],
-        body: Option<RequestBody>,
+        body: Option<&mut Outgoing>,
         method: &Method,
         deadline: tokio::time::Instant,
-        batched: bool,
     ) -> Result<(Head, Self), Error> {
         let mut timer = self
             .timer
@@ -421,7 +541,7 @@ impl Conn {
         timer.as_mut().reset(deadline);
         let result = tokio::select! {
             biased;
-            result = self.request(head, body, method, batched) => result,
+            result = self.request(head, body, method) => result,
             () = timer.as_mut() => Err(Error::Timeout(Duration::ZERO)),
         };
         self.timer = Some(timer);
@@ -431,23 +551,13 @@ impl Conn {
     async fn request(
         &mut self,
         head: &[u8],
-        body: Option<RequestBody>,
+        body: Option<&mut Outgoing>,
         method: &Method,
-        batched: bool,
     ) -> Result<Head, Error> {
         let mut complete = true;
         match body {
             None => {
-                let mut slices = [IoSlice::new(head)];
-                let mut rest = &mut slices[..];
-                if let Some(sending) = batched.then(|| batch::send(&self.stream, head)).flatten() {
-                    match sending.await {
-                        Ok(sent) => IoSlice::advance_slices(&mut rest, sent),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(Error::Closed(e)),
-                    }
-                }
-                self.write(rest, false).await?;
+                self.write(&mut [IoSlice::new(head)], false).await?;
             }
             // Boxed for the same reason as connecting: bodiless requests need none of it.
             Some(body) => complete = Box::pin(self.send_body(head, body)).await?,
@@ -459,12 +569,11 @@ impl Conn {
 
     /// Streams the body after the head; returns whether all of it was sent (false when the
     /// upstream answered first).
-    async fn send_body(&mut self, head: &[u8], body: RequestBody) -> Result<bool, Error> {
-        let chunked = body.size_hint().exact().is_none();
-        let mut body = std::pin::pin!(body);
+    async fn send_body(&mut self, head: &[u8], body: &mut Outgoing) -> Result<bool, Error> {
+        let chunked = body.chunked;
         // The head goes out with the first frame when that is at hand (a small body usually
         // came in the same read as the request's head).
-        let mut next = body.frame().now_or_never();
+        let mut next = std::future::poll_fn(|cx| body.poll_next(cx)).now_or_never();
         let mut head = Some(head);
         loop {
             let frame = match next.take() {
@@ -476,9 +585,9 @@ impl Conn {
                         }
                     }
                     tokio::select! {
-                        frame = body.frame() => frame,
-                        answered = answered(&self.stream, &mut self.buf) => {
-                            if answered? {
+                        frame = std::future::poll_fn(|cx| body.poll_next(cx)) => frame,
+                        answered = answered(&self.stream, &mut self.buf, false) => {
+                            if answered.map_err(Error::unsent)? {
                                 return Ok(false);
                             }
                             continue;
@@ -495,11 +604,7 @@ impl Conn {
                         .await;
                 }
                 Some(Err(error)) => return Err(Error::Body(error)),
-                // Trailers are not forwarded.
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => Bytes::new(),
-                },
+                Some(Ok(data)) => data,
             };
             let mut size = [0u8; 18];
             let (open, close): (&[u8], &[u8]) = if chunked && !data.is_empty() {
@@ -525,18 +630,20 @@ impl Conn {
         IoSlice::advance_slices(&mut slices, 0);
         while !slices.is_empty() {
             match self.stream.try_write_vectored(slices) {
-                Ok(0) => return Err(Error::Closed(io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(Error::Unsent(io::ErrorKind::WriteZero.into())),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !watch {
-                        self.stream.writable().await.map_err(Error::Closed)?;
+                        self.stream.writable().await.map_err(Error::Unsent)?;
                         continue;
                     }
                     tokio::select! {
-                        ready = self.stream.writable() => ready.map_err(Error::Closed)?,
-                        answered = answered(&self.stream, &mut self.buf) => if answered? {
-                            return Ok(false);
-                        },
+                        ready = self.stream.writable() => ready.map_err(Error::Unsent)?,
+                        answered = answered(&self.stream, &mut self.buf, false) => {
+                            if answered.map_err(Error::unsent)? {
+                                return Ok(false);
+                            }
+                        }
                     }
                 }
                 // An upstream that answered early and closed resets the connection; its
@@ -545,7 +652,7 @@ impl Conn {
                     tracing::debug!(error = %e, "upstream answered before the request body ended");
                     return Ok(false);
                 }
-                Err(e) => return Err(Error::Closed(e)),
+                Err(e) => return Err(Error::Unsent(e)),
             }
         }
         Ok(true)
@@ -553,6 +660,8 @@ impl Conn {
 
     /// Reads until a whole final response head is in.
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
+        // Whether any of the response arrived (an interim 1xx leaves nothing in the buffer).
+        let mut started = !self.buf.is_empty();
         loop {
             if let Some(head) = Self::parse_head(&mut self.buf, method)? {
                 return Ok(head);
@@ -560,9 +669,13 @@ impl Conn {
             if self.buf.len() >= MAX_HEAD {
                 return Err(Error::Protocol("response head too large"));
             }
-            match answered(&self.stream, &mut self.buf).await {
-                Err(Error::Closed(error)) if !self.buf.is_empty() => return Err(Error::Io(error)),
-                result => result?,
+            // Once part of the response is in, a wait for the rest asks for a quick ACK.
+            match answered(&self.stream, &mut self.buf, started).await {
+                Err(Error::Closed(error)) if started => return Err(Error::Io(error)),
+                Ok(true) => started = true,
+                result => {
+                    result?;
+                }
             };
         }
     }
@@ -693,11 +806,12 @@ impl Conn {
         }))
     }
 
-    /// Reads more of the response.
+    /// Reads more of the response (part of which has arrived, so a wait asks for a quick
+    /// ACK).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.buf.reserve(BODY_READ);
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            ready!(poll_read_ready(&self.stream, cx, true))?;
             match read(&self.stream, &mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 read => return Poll::Ready(read),
@@ -707,21 +821,53 @@ impl Conn {
 }
 
 /// Waits until `stream` is readable and reads into `buf`: true when response bytes arrived
-/// (readiness can be stale, so a read may find nothing).
-async fn answered(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool, Error> {
-    // tokio's one read-readiness slot rather than `readable()`, whose future takes a place
-    // in the socket's waiter list and gives it back: only this exchange reads the socket.
-    std::future::poll_fn(|cx| stream.poll_read_ready(cx))
+/// (readiness can be stale, so a read may find nothing). `ack`: part of the response is
+/// in already, so a wait asks for a quick ACK.
+async fn answered(stream: &TcpStream, buf: &mut BytesMut, ack: bool) -> Result<bool, Error> {
+    std::future::poll_fn(|cx| poll_read_ready(stream, cx, ack))
         .await
         .map_err(Error::Closed)?;
     buf.reserve(HEAD_READ);
     match read(stream, buf) {
-        Ok(0) => Err(Error::Closed(io::ErrorKind::UnexpectedEof.into())),
+        // A reset that came after the upstream's FIN is reported by the socket's pending
+        // error, not by the read: it says the upstream discarded the request unread.
+        Ok(0) => Err(Error::Closed(
+            stream
+                .take_error()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+        )),
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(Error::Closed(e)),
     }
 }
+
+/// tokio's one read-readiness slot rather than `readable()`, whose future takes a place in
+/// the socket's waiter list and gives it back: only the exchange under way reads the socket.
+///
+/// With `ack`, a wait (the socket has nothing more yet) first asks the kernel for a quick
+/// ACK of what arrived. An upstream that writes its response in two pieces (the head, then
+/// the body) with Nagle's algorithm on holds the second until the first is acknowledged,
+/// and a delayed ACK comes only after 40 ms: every such response would stall that long.
+/// One `setsockopt`, only when a response is split across reads.
+fn poll_read_ready(stream: &TcpStream, cx: &mut Context<'_>, ack: bool) -> Poll<io::Result<()>> {
+    let ready = stream.poll_read_ready(cx);
+    if ack && ready.is_pending() {
+        quick_ack(stream);
+    }
+    ready
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn quick_ack(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+}
+
+/// Elsewhere there is no such option: ACKs are as the kernel delays them.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn quick_ack(_: &TcpStream) {}
 
 /// Parses a response head (and the interim ones before it) off the front of `buf`, as the
 /// client does, for the fuzz targets: its status, or `None` while it is incomplete.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod raw_upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
