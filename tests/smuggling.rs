@@ -3,7 +3,7 @@
 //! and padded framing headers, chunk sizes, bare LF and CR, obs-fold), and pipelining after
 //! a rejected request whose body was not read. Each case states what the client gets (the
 //! statuses, and whether the connection closes or stays usable) and exactly which
-//! requests reach a raw recording upstream; the answers match nginx's (docs/security.md),
+//! requests reach a recording upstream on raw sockets; the answers match nginx's (docs/security.md),
 //! with 400 for its 501s. No case may ever get `/smuggled` upstream, and none counts as an
 //! upstream error.
 //!
@@ -16,106 +16,32 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use sluice::http1::chunked::{Chunked, Decoded};
+use support::raw_upstream::{raw_upstream, Received};
 use support::{pki, Sluice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-/// What the recording upstream saw: every complete request as `METHOD /path BODY`, and
-/// every byte any connection sent it.
-#[derive(Default)]
-struct Seen {
-    requests: Vec<String>,
-    raw: Vec<u8>,
-}
+/// Every complete request a recording upstream received, as `METHOD /path BODY`.
+type Seen = Arc<Mutex<Vec<String>>>;
 
-/// An upstream on raw sockets that reads requests framed as sluice frames them (one length
-/// or chunks) and answers each `200` with `METHOD /path: N bytes`.
-async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+/// An upstream on raw sockets that records each request it reads (framed as sluice frames
+/// them: one length, or chunks) and answers it `200`.
+async fn recording_upstream() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(record(tcp, log.clone()));
+    let (addr, _) = raw_upstream(move |mut socket: TcpStream, request: Received| {
+        let log = log.clone();
+        async move {
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            let seen = format!("{} {} {body}", request.method, request.path);
+            log.lock().unwrap().push(seen);
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            socket.write_all(ok.as_bytes()).await.ok()?;
+            Some(socket)
         }
-    });
+    })
+    .await;
     (addr, seen)
-}
-
-async fn record(mut tcp: TcpStream, seen: Arc<Mutex<Seen>>) {
-    let mut buf = BytesMut::new();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        let Ok(httparse::Status::Complete(len)) = request.parse(&buf) else {
-            if !fill(&mut tcp, &mut buf, &seen).await {
-                return;
-            }
-            continue;
-        };
-        let line = format!("{} {}", request.method.unwrap(), request.path.unwrap());
-        let header = |name: &str| {
-            request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
-        let (length, chunked) = (header("content-length"), header("transfer-encoding"));
-        let _ = buf.split_to(len);
-        let mut body = Vec::new();
-        if chunked.is_some() {
-            let mut decoder = Chunked::default();
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Decoded::Data(data)) => body.extend_from_slice(&data),
-                    Ok(Decoded::End) => break,
-                    Ok(Decoded::More) => {
-                        if !fill(&mut tcp, &mut buf, &seen).await {
-                            return;
-                        }
-                    }
-                    Err(why) => panic!("sluice sent a malformed chunked body: {why}"),
-                }
-            }
-        } else {
-            let n: usize = length.map_or(0, |n| n.parse().unwrap());
-            while buf.len() < n {
-                if !fill(&mut tcp, &mut buf, &seen).await {
-                    return;
-                }
-            }
-            body.extend_from_slice(&buf.split_to(n));
-        }
-        let text = format!("{line}: {} bytes", body.len());
-        seen.lock()
-            .unwrap()
-            .requests
-            .push(format!("{line} {}", String::from_utf8_lossy(&body)));
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        );
-        if tcp.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Reads more into `buf`, keeping a copy of the raw bytes; false at the end.
-async fn fill(tcp: &mut TcpStream, buf: &mut BytesMut, seen: &Mutex<Seen>) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    match tcp.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            seen.lock().unwrap().raw.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
 }
 
 fn start(upstream: SocketAddr) -> (Sluice, tempfile::TempDir) {
@@ -297,7 +223,7 @@ async fn no_framing_two_readers_could_disagree_on_gets_through() {
     let (sluice, _dir) = start(upstream);
     let mut failures = Vec::new();
     for case in cases() {
-        *seen.lock().unwrap() = Seen::default();
+        seen.lock().unwrap().clear();
         let mut tcp = TcpStream::connect(sluice.listen).await.unwrap();
         tcp.write_all(case.send.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -332,7 +258,7 @@ async fn no_framing_two_readers_could_disagree_on_gets_through() {
                 }
             }
         };
-        let mut upstream = std::mem::take(&mut seen.lock().unwrap().requests);
+        let mut upstream = std::mem::take(&mut *seen.lock().unwrap());
         upstream.retain(|r| r != "GET /probe ");
         if statuses != case.statuses || after != case.after || upstream != case.upstream {
             failures.push(format!(
@@ -340,10 +266,10 @@ async fn no_framing_two_readers_could_disagree_on_gets_through() {
                 case.name, case.statuses, case.after, case.upstream
             ));
         }
-        let raw = String::from_utf8_lossy(&seen.lock().unwrap().raw).into_owned();
+        let smuggled = upstream.iter().find(|r| r.contains("/smuggled"));
         assert!(
-            !raw.contains("/smuggled"),
-            "{}: upstream got {raw:?}",
+            smuggled.is_none(),
+            "{}: upstream got {smuggled:?}",
             case.name
         );
     }
@@ -442,7 +368,7 @@ limits: {{ max_header_bytes: 16KiB }}
         }
         let _ = tls.shutdown().await;
     }
-    let upstream = seen.lock().unwrap().requests.clone();
+    let upstream = seen.lock().unwrap().clone();
     assert_eq!(upstream, ["GET /big "]);
     let errors = sluice
         .metric("sluice_upstream_errors_total{kind=\"reset\"}")
