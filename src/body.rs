@@ -176,7 +176,6 @@ pin_project_lite::pin_project! {
 #[error("malformed request body: {0}")]
 pub struct Malformed(pub &'static str);
 
-
 impl From<Incoming> for ClientBody {
     fn from(inner: Incoming) -> Self {
         ClientBody::Hyper { inner }
