@@ -380,8 +380,9 @@ async fn until_told_to_close<F: Future>(watch: &Watch, work: F) -> Result<F::Out
 }
 
 /// Binds a listener that queues up to `backlog` connections for `accept` (the kernel caps
-/// it at its own maximum), naming the address in the error. tokio's `bind` asks for 1024;
-/// a burst larger than the backlog loses SYNs, which clients retry only after a second.
+/// it at its own maximum), naming the address in the error. tokio's `bind` asks for 128 (the
+/// standard library's value); a burst larger than the backlog loses SYNs, which clients
+/// retry only after a second.
 pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let listen = || {
         let socket = socket2::Socket::new(
