@@ -170,6 +170,12 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The client's request body broke its own framing (a malformed chunk), as sluice's own
+/// server reads it: the client's error, answered 400, never blamed on the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body: {0}")]
+pub struct Malformed(pub &'static str);
+
 impl From<Incoming> for ClientBody {
     fn from(inner: Incoming) -> Self {
         ClientBody::Hyper { inner }
@@ -186,7 +192,7 @@ impl http_body::Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ClientBodyProj::Hyper { inner } => inner.poll_frame(cx).map_err(Into::into),
-            ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ClientBodyProj::Direct { inner } => Pin::new(inner).poll_frame(cx),
             ClientBodyProj::Empty => Poll::Ready(None),
         }
     }

@@ -117,6 +117,8 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
+    /// The listen backlog.
+    pub backlog: u32,
 }
 
 /// Store settings.

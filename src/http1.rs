@@ -51,17 +51,24 @@ pub fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-/// One `Content-Length` value: digits only.
+/// Largest `Content-Length` taken: a signed 64-bit length, as nginx reads one. A larger
+/// one could only be a lie, and readers that wrap or saturate it would disagree.
+pub const MAX_LENGTH: u64 = i64::MAX as u64;
+
+/// One `Content-Length` value: digits only, at most [`MAX_LENGTH`].
 pub fn length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
     // Every response has one: parsed in place, with no UTF-8 check or `str::parse`.
-    digits.iter().try_fold(0u64, |n, &b| {
-        let digit = b.wrapping_sub(b'0');
-        (digit <= 9).then_some(())?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
+    digits
+        .iter()
+        .try_fold(0u64, |n, &b| {
+            let digit = b.wrapping_sub(b'0');
+            (digit <= 9).then_some(())?;
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        })
+        .filter(|&n| n <= MAX_LENGTH)
 }
 
 /// The `Content-Length` a message declares (its first, when repeated), if it parses.
@@ -89,9 +96,11 @@ mod tests {
     fn lengths_are_digits_only_and_fit_in_64_bits() {
         assert_eq!(length(b"0"), Some(0));
         assert_eq!(length(b"0012"), Some(12));
-        assert_eq!(length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(length(b"9223372036854775807"), Some(MAX_LENGTH));
         for bad in [
             &b""[..],
+            b"9223372036854775808",
+            b"18446744073709551615",
             b"18446744073709551616",
             b"+1",
             b"-1",

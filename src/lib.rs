@@ -18,7 +18,7 @@
 //! while running, [`telemetry`] names the metrics, [`admin`] serves `/metrics`, health and
 //! the operator endpoints, [`inspect`] answers `sluice explain` and `/admin/usage`,
 //! [`tls`] loads and reloads certificates, [`http1`] holds what sluice's own HTTP/1.1 server
-//! and client share.
+//! and client share; `fuzz` (hidden from the docs) is what the fuzz targets call.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::large_futures)]
@@ -26,6 +26,8 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod headers;
 pub mod http1;
 pub mod idempotency;
@@ -63,8 +65,8 @@ pub async fn run(
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let tcp = server::bind(config.listen).await?;
-    let admin_listener = server::bind(config.admin_listen).await?;
+    let tcp = server::bind(config.listen, config.limits.backlog)?;
+    let admin_listener = server::bind(config.admin_listen, server::system_backlog())?;
     let (routes, keys) = (
         config.policy.routes.len(),
         config.policy.identifier.registry.len(),

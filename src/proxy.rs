@@ -273,6 +273,25 @@ impl Gateway {
         self.finish_at(response, reply, verdict, near_limit, answered_at)
     }
 
+    /// Answers a request refused before it could be read (a malformed head, or framing
+    /// two readers could disagree on): 400 in the `bad_request` envelope, counted as
+    /// `bad_request`, nothing else done. `${method}` and `${path}` are `GET` and `/`: the
+    /// head is not trusted for either.
+    pub fn bad_request(&self) -> (Response<Body>, Stamp) {
+        let snapshot = self.snapshot.load();
+        let reply = Reply {
+            config: &snapshot.config,
+            route: None,
+            plan: None,
+            request_id: self.request_ids.of(&http::HeaderMap::new()),
+            now: self.clock.now(),
+            method: http::Method::GET,
+            uri: http::Uri::default(),
+        };
+        let answer = reply.reject(Rejection::BadRequest, None, &[]);
+        self.finish(answer, reply, Verdict::BadRequest, false)
+    }
+
     /// Answers a request the idempotency layer settled (a replay, or a 409/422/413) with
     /// the caller's current limits in the headers, peeked: nothing is counted.
     async fn answer(
@@ -307,11 +326,10 @@ impl Gateway {
                     _ => Verdict::Refused,
                 },
             ),
-            Early::Unreadable => {
-                let mut response = Response::new(Body::empty());
-                *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                ((response, LimitHeaders::default()), Verdict::Refused)
-            }
+            Early::Unreadable => (
+                reply.reject(Rejection::BadRequest, Some(&decision), limits),
+                Verdict::BadRequest,
+            ),
         };
         self.finish(response, reply, verdict, false)
     }
@@ -370,11 +388,12 @@ impl Gateway {
                 tracing::debug!(%error, request_id = reply.request_id(), "request body cut off");
                 reply.reject(Rejection::PayloadTooLarge, decision, limits)
             }
+            // The client's failure (it left, or broke its body's framing), never the
+            // upstream's: counted as such, answered 400 in the envelope (when it is still
+            // there to read it), and its connection closes.
             Err(UpstreamError::ClientBody(error)) => {
                 crate::upstream::client_aborted(&error, reply.request_id());
-                let mut response = Response::new(Body::empty());
-                *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                (response, LimitHeaders::default())
+                reply.reject(Rejection::BadRequest, decision, limits)
             }
             Err(error) => {
                 if let Some(kind) = error.kind() {

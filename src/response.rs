@@ -51,6 +51,9 @@ pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":
 /// Default 413 body.
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
 
+/// Default 400 body: a malformed or ambiguously framed request.
+pub const DEFAULT_BAD_REQUEST: &str = r#"{"type":"about:blank","title":"Bad Request","status":${status},"detail":"The request is malformed or its framing is ambiguous.","request_id":"${request_id}"}"#;
+
 /// One outcome's compiled reply.
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -81,6 +84,8 @@ pub enum Rejection {
     UpstreamTimeout,
     /// The request body is over the route's `max_body`.
     PayloadTooLarge,
+    /// The request is malformed or its framing ambiguous.
+    BadRequest,
     /// The limit store failed and `on_error` is `deny`.
     Unavailable,
     /// A request with the same idempotency key is still in flight.
@@ -110,6 +115,8 @@ pub struct Responses {
     pub upstream_timeout: Reply,
     /// 413.
     pub payload_too_large: Reply,
+    /// 400.
+    pub bad_request: Reply,
     /// 503: the store failed under `on_error: deny`.
     pub unavailable: Reply,
     /// 409.
@@ -149,6 +156,7 @@ impl Responses {
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
             Rejection::PayloadTooLarge => &self.payload_too_large,
+            Rejection::BadRequest => &self.bad_request,
             Rejection::Unavailable => &self.unavailable,
             Rejection::IdempotencyConflict => &self.idempotency_conflict,
             Rejection::IdempotencyMismatch => &self.idempotency_mismatch,

@@ -124,11 +124,13 @@ pub enum Verdict {
     Replayed = 9,
     /// Refused under the idempotency rules (409, 422).
     Refused = 10,
+    /// A malformed or ambiguously framed request (400), refused before anything else.
+    BadRequest = 11,
 }
 
 impl Verdict {
     /// Every verdict, in discriminant order.
-    pub const ALL: [Verdict; 11] = [
+    pub const ALL: [Verdict; 12] = [
         Verdict::Allowed,
         Verdict::Limited,
         Verdict::Denied,
@@ -140,6 +142,7 @@ impl Verdict {
         Verdict::TooLarge,
         Verdict::Replayed,
         Verdict::Refused,
+        Verdict::BadRequest,
     ];
 
     /// The label value.
@@ -156,6 +159,7 @@ impl Verdict {
             Verdict::Unavailable => "unavailable",
             Verdict::Replayed => "replayed",
             Verdict::Refused => "refused",
+            Verdict::BadRequest => "bad_request",
         }
     }
 }

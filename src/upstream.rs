@@ -23,7 +23,7 @@ use crate::body::{Body, RequestBody, TooLarge};
 use crate::config::{HostHeader, UpstreamSettings, UpstreamTarget};
 
 mod failure;
-mod h1;
+pub(crate) mod h1;
 
 pub use failure::{client_aborted, report, Failure};
 

@@ -12,12 +12,12 @@ use support::{config_file, promtool_check_metrics, Sluice};
 /// `on_error: deny`, with `routes` routes and `plans` plans callers can reach, and `sets`
 /// label sets on the request-path histograms.
 fn plain_budget(routes: usize, plans: usize, sets: usize) -> usize {
-    64 + (routes + 1) * (1 + 3 * plans) + 60 * sets
+    65 + (routes + 1) * (1 + 3 * plans) + 60 * sets
 }
 
 /// The README's budget for any policy.
 fn budget(routes: usize, plans: usize, sets: usize) -> usize {
-    64 + (routes + 1) * (2 + 9 * plans) + 60 * sets
+    65 + (routes + 1) * (2 + 10 * plans) + 60 * sets
 }
 
 /// Sample lines (no comments, no blank lines).
@@ -59,7 +59,8 @@ async fn the_default_config_exports_what_it_can_produce_in_a_stable_order() {
     let total = samples(&first).len();
     assert!(total <= plain_budget(4, 3, 1), "{total} series:\n{first}");
     let requests = of(&first, "sluice_requests_total");
-    assert_eq!(requests.len(), 28, "{requests:#?}");
+    // 27 by route and plan, and `bad_request` (unmatched, no plan).
+    assert_eq!(requests.len(), 28 + 1, "{requests:#?}");
     assert!(requests.iter().all(|s| s.ends_with(" 0")), "{requests:#?}");
     for absent in [
         "plan=\"default\"",
@@ -143,8 +144,9 @@ async fn fifty_routes_and_ten_plans_stay_within_the_budget() {
     let total = samples(&text).len();
     assert!(total <= plain_budget(50, 10, 1), "{total} series");
     assert!(total <= budget(50, 10, 1), "{total} series");
-    // unauthorized, then allowed and limited under each plan, for 50 routes and unmatched.
-    assert_eq!(of(&text, "sluice_requests_total").len(), 51 * 21);
+    // unauthorized, then allowed and limited under each plan, for 50 routes and unmatched;
+    // and bad_request once.
+    assert_eq!(of(&text, "sluice_requests_total").len(), 51 * 21 + 1);
     assert_eq!(of(&text, "sluice_near_limit_total").len(), 51 * 10);
     promtool_check_metrics(&text);
 }

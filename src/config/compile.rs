@@ -996,6 +996,12 @@ impl Compiler {
                 file.payload_too_large.as_ref(),
                 (413, response::DEFAULT_PAYLOAD_TOO_LARGE),
             ),
+            bad_request: reply(
+                self,
+                "bad_request",
+                file.bad_request.as_ref(),
+                (400, response::DEFAULT_BAD_REQUEST),
+            ),
             unavailable: reply(
                 self,
                 "unavailable",
@@ -1177,12 +1183,14 @@ impl Compiler {
                 .max_header_bytes
                 .map_or(64 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
             max_headers: file.max_headers.unwrap_or(100),
+            backlog: file.backlog.unwrap_or_else(crate::server::system_backlog),
         };
         let positive = [
             ("max_connections", limits.max_connections == 0),
             ("header_read_timeout", limits.header_read_timeout.is_zero()),
             ("idle_timeout", limits.idle_timeout.is_zero()),
             ("max_headers", limits.max_headers == 0),
+            ("backlog", limits.backlog == 0),
         ];
         for (name, zero) in positive {
             if zero {

@@ -120,6 +120,10 @@ pub struct LimitsFile {
     /// Most header fields in one request (default 100); more gets 431.
     #[serde(default)]
     pub max_headers: Option<usize>,
+    /// Connections the kernel queues for `accept` (default: the system's maximum,
+    /// `net.core.somaxconn` on Linux).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -668,6 +672,9 @@ pub struct Responses {
     /// Request body over the route's `max_body` (413).
     #[serde(default)]
     pub payload_too_large: Option<ResponseFile>,
+    /// A malformed or ambiguously framed request (400).
+    #[serde(default)]
+    pub bad_request: Option<ResponseFile>,
     /// The limit store failed and `store.on_error` is `deny` (503).
     #[serde(default)]
     pub unavailable: Option<ResponseFile>,

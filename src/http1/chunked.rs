@@ -1,10 +1,18 @@
-//! Decoding a chunked response body (RFC 9112 §7.1) as its bytes arrive, in pieces of any
-//! size. Chunk extensions and trailers are read and dropped.
+//! Decoding a chunked body (RFC 9112 §7.1), a request's or a response's, as its bytes
+//! arrive, in pieces of any size. Chunk extensions and trailers are checked and dropped.
+//!
+//! Strict where readers disagree, so that no other hop can find a different end in the same
+//! bytes: every line ends in CRLF (no bare LF, no CR elsewhere), a size is hex digits only
+//! (no sign, `0x` or leading whitespace) below 2^63 (nginx's limit; a larger one could only
+//! be a lie), and a trailer line must be a header field. hyper's decoder refuses all of
+//! that too except the largest sizes.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest size line (hex size plus extensions) or trailer section accepted.
 const MAX_LINE: usize = 4096;
+/// Largest chunk size: a signed 64-bit length, as nginx reads one.
+const MAX_SIZE: u64 = i64::MAX as u64;
 
 /// Where the decoder is in the body.
 #[derive(Debug, Default)]
@@ -84,6 +92,9 @@ impl Chunked {
                     if *seen > MAX_LINE {
                         return Err("trailers too large");
                     }
+                    if !is_field_line(&line) {
+                        return Err("invalid trailer line");
+                    }
                 }
                 Chunked::Done => return Ok(Decoded::End),
             }
@@ -91,14 +102,22 @@ impl Chunked {
     }
 }
 
-/// Takes one line (without its CRLF or bare LF) off the front of `buf`.
+/// Takes one line (without its CRLF) off the front of `buf`. A bare LF, or a CR anywhere
+/// but before the LF, is refused: readers that end lines differently would split the body
+/// differently.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     match buf.iter().position(|&b| b == b'\n') {
+        // However the line arrived: in one read it would otherwise pass where in pieces
+        // the check below refuses it.
+        Some(end) if end > MAX_LINE => Err("chunk size line too long"),
         Some(end) => {
+            if end == 0 || buf[end - 1] != b'\r' {
+                return Err("chunk line ends in a bare LF");
+            }
             let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
+            line.truncate(end - 1);
+            if line.contains(&b'\r') {
+                return Err("bare CR in a chunk line");
             }
             Ok(Some(line))
         }
@@ -107,7 +126,27 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     }
 }
 
-/// The hex size at the start of a size line (extensions after `;` ignored).
+/// Whether a trailer line is a header field: a token, a colon, and a value with no control
+/// character but tab (what httparse, and so hyper, accepts).
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|&b| is_tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The hex size at the start of a size line; extensions after `;` are checked for control
+/// characters and otherwise ignored.
 fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
     let mut size: u64 = 0;
     let mut digits = 0;
@@ -119,6 +158,7 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
         size = size
             .checked_mul(16)
             .map(|s| s + u64::from(digit))
+            .filter(|&s| s <= MAX_SIZE)
             .ok_or("chunk size too large")?;
         digits += 1;
         rest = tail;
@@ -129,10 +169,18 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
     while rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
         rest.advance(1);
     }
-    if !(rest.is_empty() || rest[0] == b';') {
-        return Err("invalid chunk size");
+    match rest.split_first() {
+        None => Ok(size),
+        Some((b';', extensions))
+            if extensions
+                .iter()
+                .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) =>
+        {
+            Ok(size)
+        }
+        Some((b';', _)) => Err("invalid chunk extension"),
+        Some(_) => Err("invalid chunk size"),
     }
-    Ok(size)
 }
 
 #[cfg(test)]
@@ -171,10 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn accepts_bare_line_feeds() {
-        let (data, ended) = decode_all(b"3\nabc\n0\n\n", &[1]).unwrap();
-        assert_eq!(data, b"abc");
-        assert!(ended);
+    fn refuses_bare_line_feeds_and_carriage_returns() {
+        for (body, why) in [
+            (&b"3\nabc\r\n0\r\n\r\n"[..], "chunk line ends in a bare LF"),
+            (b"3\r\nabc\n0\r\n\r\n", "chunk line ends in a bare LF"),
+            (b"3\r\nabc\r\n0\n\r\n", "chunk line ends in a bare LF"),
+            (b"3\r\nabc\r\n0\r\n\n", "chunk line ends in a bare LF"),
+            (b"\n", "chunk line ends in a bare LF"),
+            (b"3\rabc\r\n0\r\n\r\n", "bare CR in a chunk line"),
+            (b"3;a\rb\r\nabc\r\n0\r\n\r\n", "bare CR in a chunk line"),
+            (b"3\r\nabc\r\r\n0\r\n\r\n", "bare CR in a chunk line"),
+        ] {
+            for pieces in [&[1][..], &[100]] {
+                assert_eq!(
+                    decode_all(body, pieces).map(|_| ()),
+                    Err(why),
+                    "{:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
     }
 
     #[test]
@@ -196,10 +260,48 @@ mod tests {
             decode_all(b"2\r\nabc\r\n", &[100]),
             Err("chunk data longer than its size")
         );
+        for size in [
+            &b"11111111111111111"[..],
+            b"ffffffffffffffff",
+            b"8000000000000000",
+            b"10000000000000000",
+        ] {
+            let mut line = size.to_vec();
+            line.extend_from_slice(b"\r\nab\r\n0\r\n\r\n");
+            assert_eq!(decode_all(&line, &[100]), Err("chunk size too large"));
+        }
+        // The largest size nginx takes is a size (the body is then merely unfinished).
+        let (data, ended) = decode_all(b"7fffffffffffffff\r\nab", &[100]).unwrap();
+        assert_eq!((&data[..], ended), (&b"ab"[..], false));
+        for bad in [
+            &b"-2\r\nab\r\n"[..],
+            b"+2\r\nab\r\n",
+            b"0x2\r\nab\r\n",
+            b" 2\r\nab\r\n",
+            b"2 x\r\nab\r\n",
+            b"\r\n",
+        ] {
+            assert_eq!(decode_all(bad, &[100]), Err("invalid chunk size"));
+        }
         assert_eq!(
-            decode_all(b"11111111111111111\r\n", &[100]),
-            Err("chunk size too large")
+            decode_all(b"2;a\x00\r\nab\r\n", &[100]),
+            Err("invalid chunk extension")
         );
+        assert_eq!(
+            decode_all(b"4\r\nab\r\n0\r\n\r\n", &[100]),
+            Err("chunk data longer than its size"),
+            "a shorter chunk than stated runs into what follows"
+        );
+        assert_eq!(
+            decode_all(b"2\r\nab0\r\n\r\n", &[100]),
+            Err("chunk data longer than its size")
+        );
+        for trailer in [&b"x"[..], b": 1", b"a b: 1", b" folded", b"x: \x01"] {
+            let mut body = b"0\r\n".to_vec();
+            body.extend_from_slice(trailer);
+            body.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(decode_all(&body, &[100]), Err("invalid trailer line"));
+        }
         assert_eq!(
             decode_all(&[b'1'; 5000], &[5000]),
             Err("chunk size line too long")
@@ -209,6 +311,19 @@ mod tests {
             trailers.extend_from_slice(b"x-long-trailer: 1\r\n");
         }
         assert_eq!(decode_all(&trailers, &[64]), Err("trailers too large"));
+    }
+
+    #[test]
+    fn a_long_line_is_refused_however_it_arrives() {
+        let mut body = b"1;".to_vec();
+        body.extend_from_slice(&[b'a'; MAX_LINE]);
+        body.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        for pieces in [&[body.len()][..], &[1000]] {
+            assert_eq!(decode_all(&body, pieces), Err("chunk size line too long"));
+        }
+        let mut seeded = vec![6];
+        seeded.extend_from_slice(&body);
+        crate::fuzz::chunked(&seeded);
     }
 
     #[test]

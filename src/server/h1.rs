@@ -7,22 +7,25 @@
 //! (header values share the read buffer), calls the gateway, and writes the response head
 //! and its first body bytes in one `writev`.
 //!
-//! It serves only what it fully understands: a request that asks for anything else — an
-//! upgrade (WebSocket, h2c), `Expect`, a transfer coding other than `chunked`, conflicting
-//! lengths, `CONNECT` or `*`, a malformed head, a head over `max_header_bytes` or
-//! `max_headers`, the HTTP/2 preface — hands the connection, with every byte read from it,
-//! to hyper for the rest of its life ([`Served::HandOff`]). hyper's answers to those (400,
-//! 431, 100-continue, 101) stay exactly what they were.
+//! Every request head is read here first, strictly ([`head`]): a malformed head or framing
+//! two readers could disagree on is answered 400 in the `bad_request` envelope, a head over
+//! `max_header_bytes` or `max_headers` 431, and the connection closes. Of the rest it serves
+//! all but what needs hyper — an upgrade (WebSocket, h2c), `CONNECT`, a `*` target, the
+//! HTTP/2 preface — for which it hands the connection, with every byte read from it, to
+//! hyper ([`Served::HandOff`]), which serves that one request (and a tunnel after a 101).
 //!
 //! Framing (RFC 9112 §6): request bodies by `Content-Length` or `chunked`, streamed as they
-//! arrive ([`body::BodyReader`]). Responses carry `Content-Length` when their size is
+//! arrive ([`body::BodyReader`]), after a 100 (Continue) when the client expects one.
+//! Responses carry `Content-Length` when their size is
 //! known and are chunked otherwise (close-delimited to an HTTP/1.0 client); HEAD, 1xx, 204
-//! and 304 responses have no body. A request body the gateway did not read (a rejection) is
-//! drained afterwards when it is small, and the connection closed otherwise. Requests on one
+//! and 304 responses have no body. A request body the gateway did not read (a rejection,
+//! an `Expect: 100-continue` request refused before its body was asked for) is drained
+//! afterwards when it is small, as nginx does, and the connection closed otherwise. A body
+//! that breaks its framing is answered 400 and closes the connection. Requests on one
 //! connection are answered in order (pipelining).
 
 mod body;
-mod head;
+pub(crate) mod head;
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -45,12 +48,20 @@ use crate::http1::{chunk_size, line, RawHeaders};
 use crate::proxy::{Gateway, Stamp};
 
 pub use body::BodyReader;
-use head::{Framing, Head};
+pub use head::{is_method, PREFACE};
+use head::{Framing, Head, Refused};
 
 /// Space made in the read buffer before reading a request head.
 const HEAD_READ: usize = 8 * 1024;
 /// Most bytes of an unread request body read and dropped to keep the connection open.
 const MAX_DRAIN: u64 = 64 * 1024;
+/// After a refusal, how long and how much of what the client still sends is read and
+/// dropped before the socket closes (closing with unread bytes resets the connection, and
+/// the client may lose the answer).
+const LINGER: (std::time::Duration, usize) = (std::time::Duration::from_secs(2), 1 << 20);
+/// The answer to a head over `max_header_bytes` or `max_headers` (before a request exists:
+/// no envelope, as hyper's).
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// The socket of one connection, shared with the request body reading from it.
 struct Socket {
@@ -102,26 +113,49 @@ pub async fn serve(tcp: TcpStream, env: Env<'_>) -> Served {
         buf: BytesMut::with_capacity(HEAD_READ),
         out: Vec::with_capacity(512),
     };
+    let limits = head::Limits {
+        max_bytes: env.max_header_bytes,
+        max_headers: env.max_headers,
+    };
     loop {
         let head = loop {
-            match head::parse(&mut conn.buf, env.max_headers) {
+            match head::parse(&mut conn.buf, limits) {
                 Ok(Some(head)) => break head,
-                Ok(None) if conn.buf.len() < env.max_header_bytes => {}
-                _ => return conn.hand_off(),
+                Ok(None) => {}
+                Err(Refused::HandOff) => return conn.hand_off(),
+                Err(refused) => {
+                    conn.refuse(refused, &env).await;
+                    return Served::Closed;
+                }
             }
             if !conn.read_more(env.watch).await {
                 return Served::Closed;
             }
         };
         match conn.exchange(head, &env).await {
-            Ok(true) => {}
-            Ok(false) => return Served::Closed,
+            Ok(Next::Request) => {}
+            Ok(Next::Close) => return Served::Closed,
+            Ok(Next::Linger) => {
+                conn.linger().await;
+                return Served::Closed;
+            }
             Err(error) => {
                 tracing::debug!(%error, peer = %env.peer, "connection closed with an error");
                 return Served::Closed;
             }
         }
     }
+}
+
+/// What a connection does after an exchange.
+enum Next {
+    /// Reads the next request.
+    Request,
+    /// Closes.
+    Close,
+    /// Closes, reading and dropping what the client still sends for a while first (it may
+    /// still be sending a body nobody read).
+    Linger,
 }
 
 struct Conn {
@@ -133,12 +167,13 @@ struct Conn {
 }
 
 impl Conn {
-    /// One request and its response; true when the connection stays open for another.
-    async fn exchange(&mut self, head: Head, env: &Env<'_>) -> io::Result<bool> {
+    /// One request and its response, and what the connection does next.
+    async fn exchange(&mut self, head: Head, env: &Env<'_>) -> io::Result<Next> {
         let Head {
             parts,
             framing,
             keep_alive,
+            expect,
         } = head;
         let (head_only, http10) = (
             parts.method == http::Method::HEAD,
@@ -148,7 +183,12 @@ impl Conn {
         let has_body = !matches!(framing, Framing::Length(0));
         let body = if has_body {
             ClientBody::Direct {
-                inner: BodyReader::new(self.socket.clone(), std::mem::take(&mut self.buf), framing),
+                inner: BodyReader::new(
+                    self.socket.clone(),
+                    std::mem::take(&mut self.buf),
+                    framing,
+                    expect,
+                ),
             }
         } else {
             ClientBody::Empty
@@ -158,15 +198,24 @@ impl Conn {
         let handled = pin!(env.gateway.handle(request, env.peer, false));
         let Some((response, stamp)) = self.unless_client_leaves(handled, has_body).await else {
             tracing::debug!(peer = %env.peer, "client closed the connection before its response");
-            return Ok(false);
+            return Ok(Next::Close);
         };
         let mut keep_alive = keep_alive && env.watch.closing().is_none();
         let returned = has_body.then(|| self.take_returned());
+        // Whether the client may still be sending a body nobody reads.
+        let mut unread = false;
         if let Some(returned) = &returned {
             keep_alive &= match returned {
                 Some(Returned::Done(_)) => true,
-                Some(Returned::Unread(_, framing)) => framing.drainable(MAX_DRAIN),
-                None => false,
+                Some(Returned::Unread(_, framing)) => {
+                    unread = true;
+                    framing.drainable(MAX_DRAIN)
+                }
+                // The body failed: malformed, or the socket did.
+                None => {
+                    unread = true;
+                    false
+                }
             };
         }
         let reusable = self
@@ -178,12 +227,65 @@ impl Conn {
             Some(Some(Returned::Unread(buf, framing))) if reusable => {
                 self.buf = buf;
                 if !self.drain(framing, env.watch).await {
-                    return Ok(false);
+                    return Ok(Next::Linger);
                 }
             }
             _ => {}
         }
-        Ok(reusable)
+        Ok(match (reusable, unread) {
+            (true, _) => Next::Request,
+            (false, true) => Next::Linger,
+            (false, false) => Next::Close,
+        })
+    }
+
+    /// Answers a head that is refused (400 in the envelope, or 431) and lingers.
+    async fn refuse(&mut self, refused: Refused, env: &Env<'_>) {
+        tracing::debug!(peer = %env.peer, ?refused, "request head refused");
+        let written = match refused {
+            Refused::TooLarge => write_all(&self.socket, &mut [IoSlice::new(TOO_LARGE)]).await,
+            _ => {
+                let (response, stamp) = env.gateway.bad_request();
+                self.respond(response, &stamp, false, false, false)
+                    .await
+                    .map(drop)
+            }
+        };
+        if written.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Closes the way nginx's lingering close does: the write side first, then what the
+    /// client still sends is read and dropped, for at most [`LINGER`], so that the client
+    /// reads the answer before the socket closes.
+    async fn linger(&mut self) {
+        let tcp = &self.socket.tcp;
+        if socket2::SockRef::from(tcp)
+            .shutdown(std::net::Shutdown::Write)
+            .is_err()
+        {
+            return;
+        }
+        let (time, bytes) = LINGER;
+        let buf = &mut self.buf;
+        let mut dropped = 0;
+        let _ = tokio::time::timeout(time, async {
+            while dropped < bytes {
+                if tcp.readable().await.is_err() {
+                    return;
+                }
+                buf.clear();
+                buf.reserve(HEAD_READ);
+                match tcp.try_read_buf(buf) {
+                    Ok(0) => return,
+                    Ok(n) => dropped += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
     }
 
     /// Runs `work` unless the client closes the connection first (as hyper does: a request
@@ -361,9 +463,12 @@ impl Conn {
     }
 
     /// Reads and drops the rest of a request body nobody read; false if the connection
-    /// closed first.
+    /// closed first, the body was malformed, or it ran past [`MAX_DRAIN`] (a chunked one,
+    /// whose size nobody announced).
     async fn drain(&mut self, mut framing: Framing, watch: &Watch) -> bool {
+        let mut drained = 0;
         loop {
+            let before = self.buf.len();
             match framing.skip(&mut self.buf) {
                 Ok(true) => return true,
                 Ok(false) => {}
@@ -371,6 +476,11 @@ impl Conn {
                     tracing::debug!(why, "unread request body malformed");
                     return false;
                 }
+            }
+            drained += before - self.buf.len();
+            if drained as u64 > MAX_DRAIN {
+                tracing::debug!("unread chunked request body too long to drain");
+                return false;
             }
             if !self.read_more(watch).await {
                 return false;

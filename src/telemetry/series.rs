@@ -226,6 +226,10 @@ fn possible(policy: &Policy, settings: &Settings<'_>) -> (Vec<Verdicts>, Vec<boo
         if policy.routes.get(r).is_some_and(|r| r.max_body.is_some()) {
             *slot |= bit(TooLarge);
         }
+        // A request sluice cannot read is refused before it is matched.
+        if r == policy.routes.len() {
+            *slot |= bit(BadRequest);
+        }
     }
 
     for (profile, callers) in policy.profiles.iter().zip(policy.callers()) {
@@ -265,7 +269,8 @@ fn possible(policy: &Policy, settings: &Settings<'_>) -> (Vec<Verdicts>, Vec<boo
                 }
             };
             if settings.idempotent.get(r).copied().unwrap_or(false) {
-                can |= bit(Replayed) | bit(Refused) | bit(TooLarge);
+                // A body the idempotency layer cannot read is a 400.
+                can |= bit(Replayed) | bit(Refused) | bit(TooLarge) | bit(BadRequest);
             }
             verdicts[slot] |= can;
         }

@@ -663,7 +663,7 @@ impl Conn {
         // Whether any of the response arrived (an interim 1xx leaves nothing in the buffer).
         let mut started = !self.buf.is_empty();
         loop {
-            if let Some(head) = self.parse_head(method)? {
+            if let Some(head) = Self::parse_head(&mut self.buf, method)? {
                 return Ok(head);
             }
             if self.buf.len() >= MAX_HEAD {
@@ -682,12 +682,12 @@ impl Conn {
 
     /// Parses the final response head at the front of the buffer, consuming it and any
     /// interim (1xx) responses before it; `None` while it is incomplete.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<Head>, Error> {
+    fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
         loop {
-            if self.buf.is_empty() {
+            if buf.is_empty() {
                 return Ok(None);
             }
-            if let Some(head) = self.parse_one(method)? {
+            if let Some(head) = Self::parse_one(buf, method)? {
                 if head.status.is_informational() {
                     continue;
                 }
@@ -697,13 +697,13 @@ impl Conn {
         }
     }
 
-    fn parse_one(&mut self, method: &Method) -> Result<Option<Head>, Error> {
+    fn parse_one(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
         // Left uninitialised: zeroing 100 slots costs more than parsing a typical head.
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut response,
-            &self.buf,
+            buf,
             &mut slots,
         );
         let length = match parsed {
@@ -717,7 +717,7 @@ impl Conn {
         let code = response.code.unwrap_or_default();
         let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status"))?;
         let minor = response.version.unwrap_or(1);
-        let start = self.buf.as_ptr() as usize;
+        let start = buf.as_ptr() as usize;
         let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 32]> =
             smallvec::SmallVec::new();
         for h in response.headers.iter() {
@@ -725,7 +725,7 @@ impl Conn {
             let value = h.value.as_ptr() as usize - start;
             spans.push((name, h.name.len(), value, h.value.len()));
         }
-        let bytes = self.buf.split_to(length).freeze();
+        let bytes = buf.split_to(length).freeze();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Error::Protocol(
                 "101 to a request that asked for no upgrade",
@@ -868,6 +868,15 @@ fn quick_ack(stream: &TcpStream) {
 /// Elsewhere there is no such option: ACKs are as the kernel delays them.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn quick_ack(_: &TcpStream) {}
+
+/// Parses a response head (and the interim ones before it) off the front of `buf`, as the
+/// client does, for the fuzz targets: its status, or `None` while it is incomplete.
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<StatusCode>, Error> {
+    Ok(Conn::parse_head(buf, method)?.map(|head| head.status))
+}
 
 /// The length so far with one more `Content-Length` value, refusing conflicting or
 /// malformed values.

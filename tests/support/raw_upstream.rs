@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use sluice::http1::chunked::{Chunked, Decoded};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request read off a raw socket: its head (lower-cased), method, path and body (by
-/// `content-length`).
+/// `content-length`, or chunks).
 pub struct Received {
     pub head: String,
     pub method: String,
@@ -25,14 +26,25 @@ pub async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Opti
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let mut words = head.split(' ');
+            let method = words.next().unwrap_or_default().to_ascii_uppercase();
+            let path = words.next().unwrap_or_default().to_string();
+            if head.contains("\r\ntransfer-encoding: chunked") {
+                pending.drain(..end + 4);
+                let body = read_chunks(socket, pending).await?;
+                let head = head + "\r\n";
+                return Some(Received {
+                    head,
+                    method,
+                    path,
+                    body,
+                });
+            }
             let length: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map_or(0, |v| v.trim().parse().unwrap());
             if pending.len() >= end + 4 + length {
-                let mut words = head.split(' ');
-                let method = words.next().unwrap_or_default().to_ascii_uppercase();
-                let path = words.next().unwrap_or_default().to_string();
                 let body = pending[end + 4..end + 4 + length].to_vec();
                 pending.drain(..end + 4 + length);
                 return Some(Received {
@@ -48,6 +60,30 @@ pub async fn read_request(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Opti
             Ok(n) => pending.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Reads a chunked body off the front of `pending` (sluice's own decoder: sluice writes only
+/// what it reads), leaving what follows it.
+async fn read_chunks(socket: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut buf = bytes::BytesMut::from(&pending[..]);
+    let mut decoder = Chunked::default();
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match decoder
+            .decode(&mut buf)
+            .expect("sluice sends well-formed chunks")
+        {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::End => break,
+            Decoded::More => match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+        }
+    }
+    *pending = buf.to_vec();
+    Some(body)
 }
 
 /// Serves keep-alive connections with `answer` called for each request read (it writes the

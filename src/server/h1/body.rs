@@ -1,6 +1,8 @@
 //! A request body read from the client's connection as the upstream takes it. Done (read to
 //! its end) or dropped, it gives the connection's read buffer back, with its framing when
-//! it was not read to the end (so the connection can drain it, or must close).
+//! it was not read to the end (so the connection can drain it, or must close). A client
+//! that sent `Expect: 100-continue` is told to go on when the body is first read, so one
+//! that is refused first never sends it.
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +14,11 @@ use http_body::{Frame, SizeHint};
 
 use super::head::Framing;
 use super::{Returned, Socket};
+use crate::body::{BodyError, Malformed};
 use crate::http1::chunked::Decoded;
+
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Space made in the read buffer before a read of a request body.
 const BODY_READ: usize = 64 * 1024;
@@ -23,6 +29,9 @@ pub struct BodyReader {
     socket: Option<Arc<Socket>>,
     buf: BytesMut,
     framing: Framing,
+    /// Bytes of the 100 (Continue) still to write before the body is read; 0 when the
+    /// client did not ask for one, or has it.
+    to_continue: usize,
 }
 
 impl std::fmt::Debug for BodyReader {
@@ -34,12 +43,33 @@ impl std::fmt::Debug for BodyReader {
 }
 
 impl BodyReader {
-    pub(super) fn new(socket: Arc<Socket>, buf: BytesMut, framing: Framing) -> Self {
+    pub(super) fn new(socket: Arc<Socket>, buf: BytesMut, framing: Framing, expect: bool) -> Self {
         Self {
             socket: Some(socket),
             buf,
             framing,
+            to_continue: if expect { CONTINUE.len() } else { 0 },
         }
+    }
+
+    /// Writes what is left of the 100 (Continue).
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(socket) = self.socket.as_ref() else {
+            return Poll::Ready(Ok(()));
+        };
+        while self.to_continue > 0 {
+            ready!(socket.tcp.poll_write_ready(cx))?;
+            match socket
+                .tcp
+                .try_write(&CONTINUE[CONTINUE.len() - self.to_continue..])
+            {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.to_continue -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Gives the buffer back to the connection.
@@ -57,10 +87,13 @@ impl BodyReader {
         *socket.returned.lock().unwrap_or_else(|e| e.into_inner()) = Some(returned);
     }
 
-    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn fail(
+        &mut self,
+        error: impl Into<BodyError>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // Failed part way: nothing to give back, the connection closes.
         self.socket = None;
-        Poll::Ready(Some(Err(error)))
+        Poll::Ready(Some(Err(error.into())))
     }
 }
 
@@ -72,13 +105,16 @@ impl Drop for BodyReader {
 
 impl http_body::Body for BodyReader {
     type Data = Bytes;
-    type Error = io::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Err(error) = ready!(this.poll_continue(cx)) {
+            return this.fail(error);
+        }
         loop {
             if this.socket.is_none() {
                 return Poll::Ready(None);
@@ -101,7 +137,7 @@ impl http_body::Body for BodyReader {
                         return Poll::Ready(None);
                     }
                     Ok(Decoded::More) => None,
-                    Err(why) => return this.fail(io::Error::new(io::ErrorKind::InvalidData, why)),
+                    Err(why) => return this.fail(Malformed(why)),
                 },
             };
             if let Some(data) = data {
@@ -122,7 +158,7 @@ impl http_body::Body for BodyReader {
                 return this.fail(error);
             }
             match crate::http1::read(&socket.tcp, &mut this.buf) {
-                Ok(0) => return this.fail(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => return this.fail(io::Error::from(io::ErrorKind::UnexpectedEof)),
                 Ok(_) => socket.activity.bump(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return this.fail(error),
