@@ -63,8 +63,10 @@ fn the_default_config_registers_only_what_it_can_produce() {
     // ever counted under it.
     assert!(all.iter().all(|s| !s.contains(" default ")), "{all:?}");
     // 5 routes (4 and unmatched) × (anonymous and pro: 2 each; free: 1; none: 1), less the
-    // exempt route's single series under the two plans with access.
-    assert_eq!(all.len(), 5 * 6 - 2, "{all:?}");
+    // exempt route's single series under the two plans with access; and `bad_request`
+    // (unmatched, no plan).
+    assert_eq!(of("unmatched none", &all), ["bad_request", "unauthorized"]);
+    assert_eq!(all.len(), 5 * 6 - 2 + 1, "{all:?}");
 }
 
 #[test]
@@ -84,6 +86,7 @@ store: { backend: redis, url: "redis://127.0.0.1:1", on_error: deny }
         of("send pro", &all),
         [
             "allowed",
+            "bad_request",
             "limited",
             "penalised",
             "refused",
@@ -94,6 +97,7 @@ store: { backend: redis, url: "redis://127.0.0.1:1", on_error: deny }
         ]
     );
     assert_eq!(of("send none", &all), ["too_large", "unauthorized"]);
+    assert_eq!(of("unmatched none", &all), ["bad_request", "unauthorized"]);
     // Only the shadow plan-wide limit here: never limited, but blocked once blocked elsewhere.
     assert_eq!(
         of("open pro", &all),
