@@ -166,6 +166,7 @@ pub fn unidentified(why: Unidentified) -> &'static str {
         Unidentified::NoKey => "no key, and callers without one are rejected",
         Unidentified::UnknownKey => "the key is not registered, and unknown keys are rejected",
         Unidentified::InvalidToken(_) => "the JWT failed verification",
+        Unidentified::Ambiguous => "a key is given more than once, or two different keys are",
     }
 }
 

@@ -1,7 +1,9 @@
 //! The request path: identify → match → check → forward or reject.
 //!
-//! One `Gateway` is shared by every connection. A request reads one snapshot of the
-//! compiled config and the clock once, asks the policy which limits apply, asks the
+//! One `Gateway` is shared by every connection, whatever protocol brought the request
+//! (sluice's own HTTP/1.1 server, hyper's HTTP/1.1 and HTTP/2). A request reads one snapshot
+//! of the compiled config and the clock once, has its target put in canonical form
+//! ([`crate::target`]), asks the policy which limits apply, asks the
 //! limiter for one decision, and either forwards (adding the limit headers to the
 //! upstream's response) or renders the configured reply. Nothing here knows how limits
 //! count or where counters live.
@@ -30,6 +32,7 @@ use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, LimitHeaders, Rejection};
+use crate::target::Refused;
 use crate::telemetry::{self, durations, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
@@ -137,8 +140,27 @@ impl Gateway {
         let policy = &config.policy;
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
-        crate::tunnel::Hold::attach(&mut parts);
         let request_id = self.request_ids.of(&parts.headers);
+        // Before anything reads the target: what is matched, counted and forwarded is its
+        // one canonical spelling.
+        if let Err(refused) = config.target.apply(&mut parts) {
+            tracing::debug!(%refused, method = %parts.method, request_id = request_id.as_str(), "request target refused");
+            let (rejection, verdict) = match refused {
+                Refused::Connect => (Rejection::MethodNotAllowed, Verdict::Refused),
+                Refused::Invalid(_) => (Rejection::BadRequest, Verdict::Refused),
+            };
+            let reply = Reply {
+                config,
+                route: None,
+                plan: None,
+                request_id,
+                now,
+                method: parts.method,
+                uri: parts.uri,
+            };
+            return self.finish(reply.reject(rejection, None, &[]), reply, verdict, false);
+        }
+        crate::tunnel::Hold::attach(&mut parts);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
         let route = policy.find(&parts);
@@ -170,17 +192,24 @@ impl Gateway {
         let identity = match policy.identifier.identify(&parts, client_ip, now) {
             Ok(identity) => identity,
             Err(why) => {
+                let rejection = match why {
+                    Unidentified::Ambiguous => Rejection::AmbiguousKey,
+                    _ => Rejection::Unauthorized,
+                };
                 match why {
                     Unidentified::UnknownKey => {
-                        tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                        tracing::debug!(key = %policy.identifier.presented_key(&parts).as_deref().map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
                     }
                     Unidentified::InvalidToken(error) => {
                         tracing::debug!(%error, request_id = reply.request_id(), "JWT rejected");
                     }
+                    Unidentified::Ambiguous => {
+                        tracing::debug!(request_id = reply.request_id(), "ambiguous key rejected");
+                    }
                     Unidentified::NoKey => {}
                 }
                 return self.finish(
-                    reply.reject(Rejection::Unauthorized, None, &[]),
+                    reply.reject(rejection, None, &[]),
                     reply,
                     Verdict::Unauthorized,
                     false,

@@ -48,6 +48,11 @@ pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":
 /// Default 422 body: the idempotency key was used with a different request.
 pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":"Unprocessable Content","status":${status},"detail":"This idempotency key was already used with a different request.","request_id":"${request_id}"}"#;
 
+/// Default 400 body: a request target sluice refuses to guess at.
+pub const DEFAULT_BAD_REQUEST: &str = r#"{"type":"about:blank","title":"Bad Request","status":${status},"detail":"The request target is not valid.","request_id":"${request_id}"}"#;
+/// Default 405 body: `CONNECT` where no route takes it.
+pub const DEFAULT_METHOD_NOT_ALLOWED: &str = r#"{"type":"about:blank","title":"Method Not Allowed","status":${status},"detail":"${method} is not allowed here.","request_id":"${request_id}"}"#;
+
 /// Default 413 body.
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
 
@@ -73,6 +78,12 @@ pub enum Rejection {
     Penalised,
     /// No valid identity.
     Unauthorized,
+    /// A key given more than once, or two different keys.
+    AmbiguousKey,
+    /// A request target refused before anything else ([`crate::target`]).
+    BadRequest,
+    /// `CONNECT`, which no route takes.
+    MethodNotAllowed,
     /// The plan has no access.
     Denied,
     /// The upstream refused, reset or failed.
@@ -102,6 +113,12 @@ pub struct Responses {
     pub penalised: Reply,
     /// 401.
     pub unauthorized: Reply,
+    /// The unauthorized envelope with status 400, for a key given more than once.
+    pub ambiguous_key: Reply,
+    /// 400 for a target refused before identity.
+    pub bad_request: Reply,
+    /// 405 for `CONNECT`, with `Allow`.
+    pub method_not_allowed: Reply,
     /// 403.
     pub denied: Reply,
     /// 502.
@@ -145,6 +162,9 @@ impl Responses {
             Rejection::Limited => &self.limited,
             Rejection::Penalised => &self.penalised,
             Rejection::Unauthorized => &self.unauthorized,
+            Rejection::AmbiguousKey => &self.ambiguous_key,
+            Rejection::BadRequest => &self.bad_request,
+            Rejection::MethodNotAllowed => &self.method_not_allowed,
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,

@@ -16,10 +16,20 @@ pub fn explain(
     path: &str,
 ) -> Result<String, InspectError> {
     let policy = &config.policy;
-    let parts = head(policy, caller, method, path)?;
+    let mut parts = head(policy, caller, method, path)?;
     let client_ip = caller.client_ip();
     let mut out = String::new();
     let _ = writeln!(out, "request:  {} {}", parts.method, parts.uri);
+    if let Err(refused) = config.target.apply(&mut parts) {
+        let status = match refused {
+            crate::target::Refused::Connect => "405 method not allowed",
+            crate::target::Refused::Invalid(_) => "400 bad request",
+        };
+        let _ = writeln!(out, "result:   {status}: {refused}");
+        return Ok(out);
+    }
+    // The canonical target: what routes match and what the upstream receives.
+    let _ = writeln!(out, "target:   {}", parts.uri);
     let default_ip = if caller.ip.is_none() {
         " (default; set with --ip)"
     } else {
@@ -35,7 +45,14 @@ pub fn explain(
         Ok(identity) => identity,
         Err(why) => {
             let _ = writeln!(out, "caller:   none");
-            let _ = writeln!(out, "result:   401 unauthorized: {}", unidentified(why));
+            let (reply, outcome) = match why {
+                crate::identity::Unidentified::Ambiguous => {
+                    (&config.responses.ambiguous_key, "ambiguous key")
+                }
+                _ => (&config.responses.unauthorized, "unauthorized"),
+            };
+            let status = reply.status.as_u16();
+            let _ = writeln!(out, "result:   {status} {outcome}: {}", unidentified(why));
             return Ok(out);
         }
     };
