@@ -421,3 +421,80 @@ proptest! {
         }
     }
 }
+
+/// Routes over the alias grammar's words, first match wins.
+const ROUTES: &str = r#"
+upstream: { url: "demo:" }
+routes:
+  - { name: limited, match: { method: GET, path: /v1/limited }, limit: 2/min }
+  - { name: item, match: { path: "/v1/items/{id}" }, limit: 2/min }
+  - { name: tilde, match: { path: "/a~/*" }, limit: 2/min }
+  - { name: space, match: { path: "/a%20b/**" }, limit: 2/min }
+  - { name: root, match: { path: / }, limit: 2/min }
+  - { name: v1, match: { path: /v1/** }, limit: 2/min }
+"#;
+
+/// Paths built from the words routes use, each spelled two ways: with escapes, and
+/// plainly (the spelling a route is written in).
+fn routed_alias() -> impl Strategy<Value = (String, String)> {
+    let piece = prop_oneof![
+        Just(("/", "/")),
+        Just(("/v1", "/v1")),
+        Just(("/%76%31", "/v1")),
+        Just(("/limited", "/limited")),
+        Just(("/%6cimited", "/limited")),
+        Just(("/items", "/items")),
+        Just(("/1", "/1")),
+        Just(("/%31", "/1")),
+        Just(("/a~", "/a~")),
+        Just(("/a%7e", "/a~")),
+        Just(("/a%20b", "/a%20b")),
+        Just(("/a b", "/a%20b")),
+        Just(("/.", "/.")),
+        Just(("/%2E", "/.")),
+        Just(("/..", "/..")),
+        Just(("/.%2e", "/..")),
+        Just(("//", "//")),
+        Just(("%2F", "%2F")),
+    ];
+    prop::collection::vec(piece, 0..8).prop_map(|pieces| {
+        let spelled: String = pieces.iter().map(|p| p.0).collect();
+        let plain: String = pieces.iter().map(|p| p.1).collect();
+        (format!("/{spelled}"), format!("/{plain}"))
+    })
+}
+
+proptest! {
+    /// The route a request matches is decided by its canonical target alone: a second
+    /// normalisation changes neither the target nor the route, any spelling of the path
+    /// matches the route its plain spelling matches, and the target forwarded (the
+    /// request's URI after `apply`) is canonical.
+    #[test]
+    fn matching_sees_only_the_canonical_target(
+        n in settings(),
+        (spelled, plain) in routed_alias(),
+        method in prop_oneof![Just(Method::GET), Just(Method::HEAD), Just(Method::POST)],
+    ) {
+        let mut config = crate::config::load_str(ROUTES, "t.yaml", None).unwrap();
+        config.target = Normaliser { percent_encoding: true, ..n };
+        let target = &config.target;
+        let request = |path: &str| {
+            parts(http::Request::builder().method(method.clone()).uri(path.replace(' ', "%20")))
+        };
+        let mut once = request(&spelled);
+        let mut plainly = request(&plain);
+        let (first, plain_result) = (target.apply(&mut once), target.apply(&mut plainly));
+        prop_assert_eq!(first.is_ok(), plain_result.is_ok(), "{} and {}", spelled, plain);
+        if first.is_err() {
+            return Ok(());
+        }
+        let route = config.policy.find(&once);
+        prop_assert_eq!(route, config.policy.find(&plainly), "{} and {}", spelled, plain);
+        prop_assert_eq!(&once.uri, &plainly.uri);
+        let mut twice = once.clone();
+        target.apply(&mut twice).unwrap();
+        prop_assert_eq!(&twice.uri, &once.uri, "the forwarded target is canonical");
+        prop_assert!(matches!(target.path(once.uri.path()), Ok(Cow::Borrowed(_))));
+        prop_assert_eq!(config.policy.find(&twice), route);
+    }
+}
