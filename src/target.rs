@@ -449,50 +449,46 @@ fn push_escape(byte: u8, out: &mut String) {
 }
 
 /// RFC 3986 `unreserved`: the characters whose escapes mean the same as themselves.
+const UNRESERVED: u8 = 1;
+/// RFC 3986 `pchar` less `%`: what a path segment may hold unescaped.
+const PCHAR: u8 = 2;
+/// What `host[:port]` may hold (reg-name, IPv4, IP-literal, port).
+const HOST_BYTE: u8 = 4;
+
+/// The classes of every byte: one load per byte on the request path.
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            table[i] = UNRESERVED | PCHAR | HOST_BYTE;
+        } else if matches!(
+            c,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':'
+        ) {
+            // sub-delims and ':'
+            table[i] = PCHAR | HOST_BYTE;
+        } else if c == b'@' {
+            table[i] = PCHAR;
+        } else if matches!(c, b'[' | b']' | b'%') {
+            table[i] = HOST_BYTE;
+        }
+        i += 1;
+    }
+    table
+};
+
 fn is_unreserved(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+    CLASSES[usize::from(byte)] & UNRESERVED != 0
 }
 
-/// A byte a path segment may hold unescaped (RFC 3986 `pchar` less `%`).
 fn is_pchar(byte: u8) -> bool {
-    is_unreserved(byte)
-        || matches!(
-            byte,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
+    CLASSES[usize::from(byte)] & PCHAR != 0
 }
 
-/// A byte of `host[:port]` (reg-name, IPv4, IP-literal, port).
 fn is_host_byte(byte: u8) -> bool {
-    is_unreserved(byte)
-        || matches!(
-            byte,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'%'
-        )
+    CLASSES[usize::from(byte)] & HOST_BYTE != 0
 }
 
 #[cfg(test)]

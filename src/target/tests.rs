@@ -498,3 +498,22 @@ proptest! {
         prop_assert_eq!(config.policy.find(&twice), route);
     }
 }
+
+#[test]
+fn byte_classes_are_rfc_3986s() {
+    for b in 0..=255u8 {
+        let c = char::from(b);
+        let unreserved = c.is_ascii_alphanumeric() || "-._~".contains(c);
+        assert_eq!(is_unreserved(b), unreserved, "{c:?}");
+        assert_eq!(
+            is_pchar(b),
+            unreserved || "!$&'()*+,;=:@".contains(c),
+            "{c:?}"
+        );
+        assert_eq!(
+            is_host_byte(b),
+            unreserved || "!$&'()*+,;=:[]%".contains(c),
+            "{c:?}"
+        );
+    }
+}
