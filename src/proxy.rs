@@ -32,7 +32,6 @@ use crate::limiter::store::Store;
 use crate::limiter::{Decision, Outcome};
 use crate::policy::{Limit, Policy};
 use crate::response::{Context, LimitHeaders, Rejection};
-use crate::target::Refused;
 use crate::telemetry::{self, durations, Verdict};
 use crate::upstream::{Forwarded, Upstream, UpstreamError};
 
@@ -145,10 +144,6 @@ impl Gateway {
         // one canonical spelling.
         if let Err(refused) = config.target.apply(&mut parts) {
             tracing::debug!(%refused, method = %parts.method, request_id = request_id.as_str(), "request target refused");
-            let (rejection, verdict) = match refused {
-                Refused::Connect => (Rejection::MethodNotAllowed, Verdict::Refused),
-                Refused::Invalid(_) => (Rejection::BadRequest, Verdict::Refused),
-            };
             let reply = Reply {
                 config,
                 route: None,
@@ -158,7 +153,8 @@ impl Gateway {
                 method: parts.method,
                 uri: parts.uri,
             };
-            return self.finish(reply.reject(rejection, None, &[]), reply, verdict, false);
+            let answer = reply.reject(refused.into(), None, &[]);
+            return self.finish(answer, reply, Verdict::Refused, false);
         }
         crate::tunnel::Hold::attach(&mut parts);
 
@@ -192,10 +188,6 @@ impl Gateway {
         let identity = match policy.identifier.identify(&parts, client_ip, now) {
             Ok(identity) => identity,
             Err(why) => {
-                let rejection = match why {
-                    Unidentified::Ambiguous => Rejection::AmbiguousKey,
-                    _ => Rejection::Unauthorized,
-                };
                 match why {
                     Unidentified::UnknownKey => {
                         tracing::debug!(key = %policy.identifier.presented_key(&parts).as_deref().map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
@@ -209,7 +201,7 @@ impl Gateway {
                     Unidentified::NoKey => {}
                 }
                 return self.finish(
-                    reply.reject(rejection, None, &[]),
+                    reply.reject(why.into(), None, &[]),
                     reply,
                     Verdict::Unauthorized,
                     false,

@@ -100,6 +100,24 @@ pub enum Rejection {
     IdempotencyMismatch,
 }
 
+impl From<crate::target::Refused> for Rejection {
+    fn from(refused: crate::target::Refused) -> Self {
+        match refused {
+            crate::target::Refused::Connect => Rejection::MethodNotAllowed,
+            crate::target::Refused::Invalid(_) => Rejection::BadRequest,
+        }
+    }
+}
+
+impl From<crate::identity::Unidentified> for Rejection {
+    fn from(why: crate::identity::Unidentified) -> Self {
+        match why {
+            crate::identity::Unidentified::Ambiguous => Rejection::AmbiguousKey,
+            _ => Rejection::Unauthorized,
+        }
+    }
+}
+
 /// All replies and the header style.
 #[derive(Debug)]
 pub struct Responses {

@@ -21,10 +21,7 @@ pub fn explain(
     let mut out = String::new();
     let _ = writeln!(out, "request:  {} {}", parts.method, parts.uri);
     if let Err(refused) = config.target.apply(&mut parts) {
-        let status = match refused {
-            crate::target::Refused::Connect => "405 method not allowed",
-            crate::target::Refused::Invalid(_) => "400 bad request",
-        };
+        let status = status(config, refused.into());
         let _ = writeln!(out, "result:   {status}: {refused}");
         return Ok(out);
     }
@@ -45,14 +42,8 @@ pub fn explain(
         Ok(identity) => identity,
         Err(why) => {
             let _ = writeln!(out, "caller:   none");
-            let (reply, outcome) = match why {
-                crate::identity::Unidentified::Ambiguous => {
-                    (&config.responses.ambiguous_key, "ambiguous key")
-                }
-                _ => (&config.responses.unauthorized, "unauthorized"),
-            };
-            let status = reply.status.as_u16();
-            let _ = writeln!(out, "result:   {status} {outcome}: {}", unidentified(why));
+            let status = status(config, why.into());
+            let _ = writeln!(out, "result:   {status}: {}", unidentified(why));
             return Ok(out);
         }
     };
@@ -111,6 +102,13 @@ pub fn explain(
         }
     }
     Ok(out)
+}
+
+/// The status a rejection gets, as `401 unauthorized`.
+fn status(config: &Config, rejection: crate::response::Rejection) -> String {
+    let status = config.responses.reply(rejection).status;
+    let reason = status.canonical_reason().unwrap_or("").to_ascii_lowercase();
+    format!("{} {reason}", status.as_u16())
 }
 
 fn caller_line(identity: &Identity, caller: &Caller) -> String {
