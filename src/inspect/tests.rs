@@ -352,3 +352,20 @@ async fn usage_of_denied_and_unknown_callers() {
     assert_eq!(report.caller.key, None);
     assert_eq!(report.limits.len(), 5);
 }
+
+#[test]
+fn a_key_presented_in_the_query_is_encoded_as_a_form_would_send_it() {
+    let c = load_str(
+        "upstream: { url: \"demo:\" }
+identify: [{ api_key: { query: api_key } }]
+keys: [{ key: \"k &+%=?#\", plan: default }]
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    let parts = head(&c.policy, &key("k &+%=?#"), "GET", "/v1/x?a=1").unwrap();
+    assert_eq!(parts.uri, "/v1/x?a=1&api_key=k+%26%2B%25%3D%3F%23");
+    let who = c.policy.identifier.identify(&parts, DEFAULT_IP, 0).unwrap();
+    assert_eq!(who.kind, crate::identity::Kind::Key);
+}
