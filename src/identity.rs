@@ -332,12 +332,7 @@ fn single_header<'a>(
     parts: &'a Parts,
     name: &HeaderName,
 ) -> Result<Option<&'a http::HeaderValue>, Ambiguous> {
-    let mut values = crate::headers::get_all(&parts.headers, name);
-    let first = values.next();
-    match values.next() {
-        None => Ok(first),
-        Some(_) => Err(Ambiguous),
-    }
+    crate::headers::single(&parts.headers, name).map_err(|()| Ambiguous)
 }
 
 /// A key with surrounding whitespace trimmed (the only change a key sees); `None` if empty.
