@@ -94,7 +94,7 @@ pub enum Invalid {
     /// `%` not followed by two hex digits.
     #[error("a '%' in the path is not followed by two hex digits")]
     BadEscape,
-    /// `%00`.
+    /// `%00`, or a NUL byte.
     #[error("the path holds a NUL (%00)")]
     Nul,
     /// `%2F`, `%5C` or `\` under `encoded_slashes: reject`.
@@ -241,7 +241,7 @@ impl Normaliser {
                     }
                     i += 2;
                 }
-                b'\\' => return false,
+                b'\\' | 0 => return false,
                 _ if !self.percent_encoding => {}
                 _ => return false,
             }
@@ -346,6 +346,9 @@ impl Normaliser {
                 }
                 continue;
             }
+            if byte == 0 {
+                return Err(Invalid::Nul);
+            }
             if byte == b'\\' {
                 self.encoded_slash(byte, out)?;
                 i += 1;
@@ -359,7 +362,9 @@ impl Normaliser {
             // A run of bytes kept as they are (whole UTF-8 sequences when not escaping).
             let run = bytes[i..]
                 .iter()
-                .position(|&b| b == b'%' || b == b'\\' || (self.percent_encoding && !is_pchar(b)))
+                .position(|&b| {
+                    matches!(b, b'%' | b'\\' | 0) || (self.percent_encoding && !is_pchar(b))
+                })
                 .map_or(bytes.len(), |n| i + n);
             out.push_str(&segment[i..run]);
             i = run;
