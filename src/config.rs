@@ -183,6 +183,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Upstream settings.
     pub upstream: UpstreamSettings,
+    /// How request targets are put in canonical form before identity and matching.
+    pub target: crate::target::Normaliser,
     /// Routes, plans, keys and identification.
     pub policy: Policy,
     /// Status codes, headers and bodies.

@@ -347,7 +347,7 @@ pub fn record_key(
         }
         (kind, Some(key)) => {
             hash.update(if kind == Kind::Key { b"k\0" } else { b"u\0" });
-            hash.update(key);
+            hash.update(key.as_bytes());
         }
         // A JWT caller: its verified subject's hash, the same in every replica that shares
         // the subject secret (as replicas sharing a Redis store do).

@@ -7,6 +7,7 @@
 
 pub mod jwt;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -68,7 +69,15 @@ pub enum Unidentified {
     UnknownKey,
     /// A JWT was presented and failed verification: never an identity.
     InvalidToken(jwt::TokenError),
+    /// A key given more than once (two headers, two query parameters), or different keys
+    /// in different places: which one the upstream reads is its own choice, so none is
+    /// picked here.
+    Ambiguous,
 }
+
+/// A credential given more than once in the place a source reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ambiguous;
 
 /// What to do with callers the registry does not cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,24 +180,45 @@ pub struct Identifier {
 
 impl Identifier {
     /// Identifies the caller of `parts` coming from `client_ip`; `now` (the request's one
-    /// clock reading) checks a JWT's time window. Sources are tried in order: the first
-    /// that finds a key or a token decides.
+    /// clock reading) checks a JWT's time window. Every source is read: one credential may
+    /// be found by several (the same bearer token by a key and a JWT source), and the
+    /// first source that found it says what it is; two different credentials, or one given
+    /// twice where a source reads, are [`Unidentified::Ambiguous`].
     pub fn identify(
         &self,
         parts: &Parts,
         client_ip: IpAddr,
         now: Nanos,
     ) -> Result<Identity, Unidentified> {
+        match self
+            .credential(parts)
+            .map_err(|Ambiguous| Unidentified::Ambiguous)?
+        {
+            Some((KeySource::Jwt(jwt), token)) => {
+                jwt.verify(&token, now).map_err(Unidentified::InvalidToken)
+            }
+            Some((_, key)) => self.by_key(&key, client_ip),
+            None => self.fallback(self.anonymous, None, client_ip, Unidentified::NoKey),
+        }
+    }
+
+    /// The one credential the request presents, with the first source that found it.
+    fn credential<'a>(
+        &self,
+        parts: &'a Parts,
+    ) -> Result<Option<(&KeySource, Cow<'a, str>)>, Ambiguous> {
+        let mut found: Option<(&KeySource, Cow<'a, str>)> = None;
         for source in &self.sources {
-            if let KeySource::Jwt(jwt) = source {
-                if let Some(token) = jwt.token(parts) {
-                    return jwt.verify(token, now).map_err(Unidentified::InvalidToken);
-                }
-            } else if let Some(key) = source.key(parts) {
-                return self.by_key(key, client_ip);
+            let Some(credential) = source.credential(parts)? else {
+                continue;
+            };
+            match &found {
+                None => found = Some((source, credential)),
+                Some((_, first)) if *first == credential => {}
+                Some(_) => return Err(Ambiguous),
             }
         }
-        self.fallback(self.anonymous, None, client_ip, Unidentified::NoKey)
+        Ok(found)
     }
 
     fn by_key(&self, key: &str, client_ip: IpAddr) -> Result<Identity, Unidentified> {
@@ -232,9 +262,12 @@ impl Identifier {
         }
     }
 
-    /// The first non-empty API key any key source finds (JWTs are not keys).
-    pub fn presented_key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
-        self.sources.iter().find_map(|source| source.key(parts))
+    /// The API key the request presents (a JWT is not a key), if it presents one only.
+    pub fn presented_key<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, str>> {
+        match self.credential(parts) {
+            Ok(Some((KeySource::Jwt(_), _))) | Ok(None) | Err(Ambiguous) => None,
+            Ok(Some((_, key))) => Some(key),
+        }
     }
 
     /// The client address: the peer, or for a trusted peer the rightmost untrusted
@@ -276,34 +309,65 @@ impl Identifier {
 }
 
 impl KeySource {
-    /// The non-empty API key this source finds in `parts`; `None` for a JWT source.
-    pub fn key<'a>(&self, parts: &'a Parts) -> Option<&'a str> {
+    /// The credential this source finds in `parts`: a non-empty key (trimmed; a query
+    /// parameter decoded first), or for a JWT source a token-shaped value. A header or
+    /// parameter given more than once is [`Ambiguous`], whatever the values.
+    pub fn credential<'a>(&self, parts: &'a Parts) -> Result<Option<Cow<'a, str>>, Ambiguous> {
         let key = match self {
-            KeySource::Header(name) => crate::headers::get(&parts.headers, name)?.to_str().ok()?,
-            KeySource::Bearer => {
-                let value = crate::headers::get(&parts.headers, &AUTHORIZATION)?
-                    .to_str()
-                    .ok()?;
-                let (scheme, token) = value.split_once(' ')?;
-                if !scheme.eq_ignore_ascii_case("bearer") {
-                    return None;
-                }
-                token
+            KeySource::Header(name) => single_header(parts, name)?.and_then(|v| v.to_str().ok()),
+            KeySource::Bearer => single_header(parts, &AUTHORIZATION)?
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token),
+            KeySource::Query(name) => {
+                return Ok(query_param(parts.uri.query().unwrap_or(""), name)?.and_then(trimmed))
             }
-            KeySource::Query(name) => query_param(parts.uri.query()?, name)?,
-            KeySource::Jwt(_) => return None,
+            KeySource::Jwt(jwt) => {
+                let header = match &jwt.location {
+                    jwt::TokenLocation::Bearer => &AUTHORIZATION,
+                    jwt::TokenLocation::Header(name) => name,
+                };
+                single_header(parts, header)?;
+                return Ok(jwt.token(parts).map(Cow::Borrowed));
+            }
         };
-        let key = key.trim();
-        (!key.is_empty()).then_some(key)
+        Ok(key.and_then(|key| trimmed(Cow::Borrowed(key))))
     }
 }
 
-/// A query parameter's raw value (keys are URL-safe tokens; no decoding).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then_some(v)
-    })
+/// The value of `name` if the request has one; two or more are [`Ambiguous`].
+fn single_header<'a>(
+    parts: &'a Parts,
+    name: &HeaderName,
+) -> Result<Option<&'a http::HeaderValue>, Ambiguous> {
+    crate::headers::single(&parts.headers, name).map_err(|()| Ambiguous)
+}
+
+/// A key with surrounding whitespace trimmed (the only change a key sees); `None` if empty.
+fn trimmed(key: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    let trimmed = match key {
+        Cow::Borrowed(key) => Cow::Borrowed(key.trim()),
+        Cow::Owned(key) if key.trim().len() == key.len() => Cow::Owned(key),
+        Cow::Owned(key) => Cow::Owned(key.trim().to_owned()),
+    };
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+/// The value of the query parameter `name`, decoded as `application/x-www-form-urlencoded`
+/// (`+` is a space, escapes decoded, in the name too), as the upstream's framework reads
+/// it. A name given twice, however spelled, is [`Ambiguous`]. Borrowed unless decoded.
+fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, Ambiguous> {
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == name {
+            if found.is_some() {
+                return Err(Ambiguous);
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

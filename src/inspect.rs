@@ -134,27 +134,23 @@ fn present_key(policy: &Policy, parts: &mut Parts, key: &str) -> Result<(), Insp
             // A JWT is not a key: `--key` never stands for a token.
             KeySource::Jwt(_) => {}
             KeySource::Query(name) => {
-                // Keys are matched raw (no decoding), so only URL-safe keys fit a query.
-                if key
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"&#%+=?".contains(&b))
-                {
-                    let path = parts.uri.path();
-                    let query = match parts.uri.query() {
-                        Some(q) => format!("{q}&{name}={key}"),
-                        None => format!("{name}={key}"),
-                    };
-                    let mut uri = http::uri::Builder::new();
-                    if let Some(scheme) = parts.uri.scheme() {
-                        uri = uri.scheme(scheme.clone());
-                    }
-                    if let Some(authority) = parts.uri.authority() {
-                        uri = uri.authority(authority.clone());
-                    }
-                    if let Ok(uri) = uri.path_and_query(format!("{path}?{query}")).build() {
-                        parts.uri = uri;
-                        return Ok(());
-                    }
+                // Encoded as a form would send it: the key source decodes it back.
+                let key: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+                let path = parts.uri.path();
+                let query = match parts.uri.query() {
+                    Some(q) => format!("{q}&{name}={key}"),
+                    None => format!("{name}={key}"),
+                };
+                let mut uri = http::uri::Builder::new();
+                if let Some(scheme) = parts.uri.scheme() {
+                    uri = uri.scheme(scheme.clone());
+                }
+                if let Some(authority) = parts.uri.authority() {
+                    uri = uri.authority(authority.clone());
+                }
+                if let Ok(uri) = uri.path_and_query(format!("{path}?{query}")).build() {
+                    parts.uri = uri;
+                    return Ok(());
                 }
             }
         }
@@ -168,6 +164,7 @@ pub fn unidentified(why: Unidentified) -> &'static str {
         Unidentified::NoKey => "no key, and callers without one are rejected",
         Unidentified::UnknownKey => "the key is not registered, and unknown keys are rejected",
         Unidentified::InvalidToken(_) => "the JWT failed verification",
+        Unidentified::Ambiguous => "a key is given more than once, or two different keys are",
     }
 }
 

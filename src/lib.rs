@@ -4,7 +4,9 @@
 //!
 //! - [`server`]: accepts connections, terminates TLS, speaks HTTP, guards against hostile
 //!   clients, drains on shutdown.
-//! - [`proxy`]: the request path: identify → match → check → forward or reject.
+//! - [`proxy`]: the request path: canonical target → identify → match → check → forward
+//!   or reject.
+//! - [`target`]: the one canonical spelling of a request's target, matched and forwarded.
 //! - [`idempotency`]: routes that take `Idempotency-Key`: replay a retry, never resend it.
 //! - [`identity`]: who is calling (API key, key registry, JWT, client IP).
 //! - [`policy`]: which limits apply (routes, plans, per-key profiles), compiled at load.
@@ -39,6 +41,7 @@ pub mod proxy;
 pub mod reload;
 pub mod response;
 pub mod server;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;

@@ -83,9 +83,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether the route takes a request whose target is canonical ([`crate::target`]).
+    /// A `CONNECT` has no path, only its authority: a route listing it matches by host.
     fn matches(&self, parts: &Parts) -> bool {
         self.methods.matches(&parts.method)
-            && self.path.matches(parts.uri.path())
+            && (self.path.matches(parts.uri.path()) || parts.method == http::Method::CONNECT)
             && self.host.as_ref().is_none_or(|host| {
                 parts
                     .uri
@@ -135,7 +137,8 @@ pub struct Policy {
 pub type Checks = smallvec::SmallVec<[Check; INLINE_LIMITS]>;
 
 impl Policy {
-    /// Index of the first route matching the request, or `None`.
+    /// Index of the first route matching the request, or `None`. The request's target must
+    /// be canonical ([`crate::target::Normaliser::apply`]).
     pub fn find(&self, parts: &Parts) -> Option<usize> {
         self.routes.iter().position(|route| route.matches(parts))
     }

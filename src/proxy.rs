@@ -1,7 +1,9 @@
 //! The request path: identify → match → check → forward or reject.
 //!
-//! One `Gateway` is shared by every connection. A request reads one snapshot of the
-//! compiled config and the clock once, asks the policy which limits apply, asks the
+//! One `Gateway` is shared by every connection, whatever protocol brought the request
+//! (sluice's own HTTP/1.1 server, hyper's HTTP/1.1 and HTTP/2). A request reads one snapshot
+//! of the compiled config and the clock once, has its target put in canonical form
+//! ([`crate::target`]), asks the policy which limits apply, asks the
 //! limiter for one decision, and either forwards (adding the limit headers to the
 //! upstream's response) or renders the configured reply. Nothing here knows how limits
 //! count or where counters live.
@@ -137,8 +139,24 @@ impl Gateway {
         let policy = &config.policy;
         let now = self.clock.now();
         let (mut parts, body) = request.into_parts();
-        crate::tunnel::Hold::attach(&mut parts);
         let request_id = self.request_ids.of(&parts.headers);
+        // Before anything reads the target: what is matched, counted and forwarded is its
+        // one canonical spelling.
+        if let Err(refused) = config.target.apply(&mut parts) {
+            tracing::debug!(%refused, method = %parts.method, request_id = request_id.as_str(), "request target refused");
+            let reply = Reply {
+                config,
+                route: None,
+                plan: None,
+                request_id,
+                now,
+                method: parts.method,
+                uri: parts.uri,
+            };
+            let answer = reply.reject(refused.into(), None, &[]);
+            return self.finish(answer, reply, Verdict::BadRequest, false);
+        }
+        crate::tunnel::Hold::attach(&mut parts);
 
         let client_ip = policy.identifier.client_ip(peer.ip(), &parts);
         let route = policy.find(&parts);
@@ -172,15 +190,18 @@ impl Gateway {
             Err(why) => {
                 match why {
                     Unidentified::UnknownKey => {
-                        tracing::debug!(key = %policy.identifier.presented_key(&parts).map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
+                        tracing::debug!(key = %policy.identifier.presented_key(&parts).as_deref().map(crate::identity::redact).unwrap_or_default(), "unknown key rejected");
                     }
                     Unidentified::InvalidToken(error) => {
                         tracing::debug!(%error, request_id = reply.request_id(), "JWT rejected");
                     }
+                    Unidentified::Ambiguous => {
+                        tracing::debug!(request_id = reply.request_id(), "ambiguous key rejected");
+                    }
                     Unidentified::NoKey => {}
                 }
                 return self.finish(
-                    reply.reject(Rejection::Unauthorized, None, &[]),
+                    reply.reject(why.into(), None, &[]),
                     reply,
                     Verdict::Unauthorized,
                     false,

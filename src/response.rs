@@ -48,11 +48,14 @@ pub const DEFAULT_IDEMPOTENCY_CONFLICT: &str = r#"{"type":"about:blank","title":
 /// Default 422 body: the idempotency key was used with a different request.
 pub const DEFAULT_IDEMPOTENCY_MISMATCH: &str = r#"{"type":"about:blank","title":"Unprocessable Content","status":${status},"detail":"This idempotency key was already used with a different request.","request_id":"${request_id}"}"#;
 
+/// Default 400 body: a malformed request, or one whose framing or target sluice refuses to
+/// guess at.
+pub const DEFAULT_BAD_REQUEST: &str = r#"{"type":"about:blank","title":"Bad Request","status":${status},"detail":"The request is malformed, or its framing or target is ambiguous.","request_id":"${request_id}"}"#;
+/// Default 405 body: `CONNECT` where no route takes it.
+pub const DEFAULT_METHOD_NOT_ALLOWED: &str = r#"{"type":"about:blank","title":"Method Not Allowed","status":${status},"detail":"${method} is not allowed here.","request_id":"${request_id}"}"#;
+
 /// Default 413 body.
 pub const DEFAULT_PAYLOAD_TOO_LARGE: &str = r#"{"type":"about:blank","title":"Content Too Large","status":${status},"detail":"The request body is larger than this route accepts.","request_id":"${request_id}"}"#;
-
-/// Default 400 body: a malformed or ambiguously framed request.
-pub const DEFAULT_BAD_REQUEST: &str = r#"{"type":"about:blank","title":"Bad Request","status":${status},"detail":"The request is malformed or its framing is ambiguous.","request_id":"${request_id}"}"#;
 
 /// One outcome's compiled reply.
 #[derive(Clone, Debug)]
@@ -76,6 +79,13 @@ pub enum Rejection {
     Penalised,
     /// No valid identity.
     Unauthorized,
+    /// A key given more than once, or two different keys.
+    AmbiguousKey,
+    /// A malformed or ambiguously framed request, or a request target refused before
+    /// anything else ([`crate::target`]).
+    BadRequest,
+    /// `CONNECT`, which no route takes.
+    MethodNotAllowed,
     /// The plan has no access.
     Denied,
     /// The upstream refused, reset or failed.
@@ -84,14 +94,30 @@ pub enum Rejection {
     UpstreamTimeout,
     /// The request body is over the route's `max_body`.
     PayloadTooLarge,
-    /// The request is malformed or its framing ambiguous.
-    BadRequest,
     /// The limit store failed and `on_error` is `deny`.
     Unavailable,
     /// A request with the same idempotency key is still in flight.
     IdempotencyConflict,
     /// The idempotency key was used with a different request.
     IdempotencyMismatch,
+}
+
+impl From<crate::target::Refused> for Rejection {
+    fn from(refused: crate::target::Refused) -> Self {
+        match refused {
+            crate::target::Refused::Connect => Rejection::MethodNotAllowed,
+            crate::target::Refused::Invalid(_) => Rejection::BadRequest,
+        }
+    }
+}
+
+impl From<crate::identity::Unidentified> for Rejection {
+    fn from(why: crate::identity::Unidentified) -> Self {
+        match why {
+            crate::identity::Unidentified::Ambiguous => Rejection::AmbiguousKey,
+            _ => Rejection::Unauthorized,
+        }
+    }
 }
 
 /// All replies and the header style.
@@ -107,6 +133,12 @@ pub struct Responses {
     pub penalised: Reply,
     /// 401.
     pub unauthorized: Reply,
+    /// The unauthorized envelope with status 400, for a key given more than once.
+    pub ambiguous_key: Reply,
+    /// 400: a malformed or ambiguously framed request, or a refused target.
+    pub bad_request: Reply,
+    /// 405 for `CONNECT`, with `Allow`.
+    pub method_not_allowed: Reply,
     /// 403.
     pub denied: Reply,
     /// 502.
@@ -115,8 +147,6 @@ pub struct Responses {
     pub upstream_timeout: Reply,
     /// 413.
     pub payload_too_large: Reply,
-    /// 400.
-    pub bad_request: Reply,
     /// 503: the store failed under `on_error: deny`.
     pub unavailable: Reply,
     /// 409.
@@ -152,11 +182,13 @@ impl Responses {
             Rejection::Limited => &self.limited,
             Rejection::Penalised => &self.penalised,
             Rejection::Unauthorized => &self.unauthorized,
+            Rejection::AmbiguousKey => &self.ambiguous_key,
+            Rejection::BadRequest => &self.bad_request,
+            Rejection::MethodNotAllowed => &self.method_not_allowed,
             Rejection::Denied => &self.denied,
             Rejection::UpstreamUnavailable => &self.upstream_unavailable,
             Rejection::UpstreamTimeout => &self.upstream_timeout,
             Rejection::PayloadTooLarge => &self.payload_too_large,
-            Rejection::BadRequest => &self.bad_request,
             Rejection::Unavailable => &self.unavailable,
             Rejection::IdempotencyConflict => &self.idempotency_conflict,
             Rejection::IdempotencyMismatch => &self.idempotency_mismatch,

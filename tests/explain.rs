@@ -26,6 +26,7 @@ fn explain_a_registered_key() {
         out,
         "\
 request:  POST /v1/messages
+target:   /v1/messages
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:c48a01f4 (registered)
 plan:     pro
@@ -47,6 +48,7 @@ fn explain_an_anonymous_caller_and_a_denied_plan() {
         out,
         "\
 request:  GET /v1/hello
+target:   /v1/hello
 client:   192.0.2.1
 caller:   client ip 192.0.2.1 (no key)
 plan:     anonymous
@@ -61,6 +63,25 @@ limits:   2, every one must allow the request:
     assert!(
         out.ends_with("result:   403 denied: plan free has no API access\n"),
         "{out}"
+    );
+}
+
+/// The canonical target is what routes match: an alias is explained as its canonical path,
+/// a target sluice refuses as the answer it gets.
+#[test]
+fn explain_shows_the_canonical_target() {
+    let (ok, out, _) = explain(&["--key", "demo-key", "GET", "//v1/./%68ello"]);
+    assert!(ok);
+    assert!(
+        out.starts_with("request:  GET //v1/./%68ello\ntarget:   /v1/hello\n"),
+        "{out}"
+    );
+    assert!(out.contains("route:    hello (GET /v1/hello)"), "{out}");
+    let (ok, out, _) = explain(&["GET", "/v1%2fhello"]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        "request:  GET /v1%2fhello\nresult:   400 bad request: the path holds an encoded slash (%2F, %5C or \\)\n"
     );
 }
 

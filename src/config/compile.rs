@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::ALLOW;
 use http::{HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use sha2::Digest as _;
@@ -27,6 +28,7 @@ use crate::limiter::{Algorithm, Quota};
 use crate::policy::matcher::{HostPattern, MethodSet, PathPattern};
 use crate::policy::{Limit, LimitSet, Origin, Policy, Profile, Route};
 use crate::response::{self, Reply, Responses};
+use crate::target::{ConflictingHost, EncodedSlashes, Normaliser};
 use crate::telemetry;
 
 /// A problem at a config path.
@@ -82,6 +84,9 @@ struct Spec {
     delay: Option<(Duration, Option<u32>)>,
 }
 
+/// The `Allow` of the 405 `CONNECT` gets: the standard methods but `CONNECT`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 /// A route's limits while overrides are applied: `None` = exempt route, inner `None` = removed.
 type RouteSlots = Option<Vec<Option<(Spec, Origin)>>>;
 
@@ -125,7 +130,14 @@ pub fn compile_in(
         crate::identity::share_subject_secret(seed.as_bytes());
     }
 
-    let routes_and_specs = c.routes(&file.routes);
+    let mut target = c.normaliser(&file.normalise);
+    let routes_and_specs = c.routes(&file.routes, &target);
+    target.allow_connect = routes_and_specs
+        .iter()
+        .any(|(route, _)| route.methods.lists(&http::Method::CONNECT));
+    target.allow_asterisk = routes_and_specs
+        .iter()
+        .any(|(route, _)| route.path.is_asterisk());
     let route_limit_names: BTreeMap<Arc<str>, (usize, usize)> = routes_and_specs
         .iter()
         .enumerate()
@@ -289,6 +301,7 @@ pub fn compile_in(
         limits,
         admin_listen: file.admin.listen,
         upstream,
+        target,
         responses,
         store,
         idempotency,
@@ -334,8 +347,55 @@ impl Compiler {
         }
     }
 
+    /// The normalisation steps; which target forms routes allow is added from the routes.
+    fn normaliser(&mut self, file: &file::NormaliseFile) -> Normaliser {
+        let defaults = Normaliser::default();
+        Normaliser {
+            percent_encoding: file.percent_encoding.unwrap_or(defaults.percent_encoding),
+            dot_segments: file.dot_segments.unwrap_or(defaults.dot_segments),
+            merge_slashes: file.merge_slashes.unwrap_or(defaults.merge_slashes),
+            encoded_slashes: match file.encoded_slashes {
+                None => defaults.encoded_slashes,
+                Some(file::EncodedSlashes::Reject) => EncodedSlashes::Reject,
+                Some(file::EncodedSlashes::Decode) => EncodedSlashes::Decode,
+                Some(file::EncodedSlashes::Keep) => EncodedSlashes::Keep,
+            },
+            conflicting_host: match file.conflicting_host {
+                None => defaults.conflicting_host,
+                Some(file::ConflictingHost::Replace) => ConflictingHost::Replace,
+                Some(file::ConflictingHost::Reject) => ConflictingHost::Reject,
+            },
+            ..defaults
+        }
+    }
+
+    /// A problem with a path pattern that can never match a normalised request path.
+    fn uncanonical_pattern(&mut self, path: &str, pattern: &PathPattern, target: &Normaliser) {
+        for literal in pattern.literals() {
+            let segment = format!("/{literal}");
+            let becomes = match target.path(&segment) {
+                Ok(canonical) if canonical == segment => continue,
+                Ok(canonical) if canonical == "/" => "is removed".to_string(),
+                Ok(canonical) => format!("becomes \"{}\"", &canonical[1..]),
+                Err(why) => format!("is refused ({why})"),
+            };
+            self.problem(
+                path.into(),
+                format!(
+                    "path pattern \"{pattern}\" can never match: request paths are normalised \
+                     before matching, and its segment \"{literal}\" {becomes} (see `normalise`)"
+                ),
+            );
+            return;
+        }
+    }
+
     /// Routes with their limit specs (`None` = exempt).
-    fn routes(&mut self, routes: &[file::RouteFile]) -> Vec<(Route, Option<Vec<Spec>>)> {
+    fn routes(
+        &mut self,
+        routes: &[file::RouteFile],
+        target: &Normaliser,
+    ) -> Vec<(Route, Option<Vec<Spec>>)> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut limit_names: HashMap<Arc<str>, String> = HashMap::new();
         let mut out = Vec::new();
@@ -365,10 +425,16 @@ impl Compiler {
                 }),
             };
             let pattern = route.matcher.path.as_deref().unwrap_or("/**");
-            let path_pattern = PathPattern::parse(pattern).unwrap_or_else(|e| {
-                self.problem(format!("{path}.match.path"), e);
-                PathPattern::parse("/**").expect("valid")
-            });
+            let path_pattern = match PathPattern::parse(pattern) {
+                Ok(parsed) => {
+                    self.uncanonical_pattern(&format!("{path}.match.path"), &parsed, target);
+                    parsed
+                }
+                Err(e) => {
+                    self.problem(format!("{path}.match.path"), e);
+                    PathPattern::parse("/**").expect("valid")
+                }
+            };
             let host = route.matcher.host.as_deref().and_then(|h| {
                 HostPattern::parse(h)
                     .map_err(|e| self.problem(format!("{path}.match.host"), e))
@@ -890,6 +956,24 @@ impl Compiler {
     }
 
     fn responses(&mut self, file: &file::Responses) -> Responses {
+        // The unauthorized envelope, with its own status (400 unless set) and any field
+        // `ambiguous_key` sets itself.
+        let unauthorized = file.unauthorized.as_ref();
+        let ambiguous = file.ambiguous_key.as_ref();
+        let ambiguous_key = file::ResponseFile {
+            status: ambiguous.and_then(|a| a.status),
+            body: ambiguous
+                .and_then(|a| a.body.clone())
+                .or_else(|| unauthorized.and_then(|u| u.body.clone())),
+            content_type: ambiguous
+                .and_then(|a| a.content_type.clone())
+                .or_else(|| unauthorized.and_then(|u| u.content_type.clone())),
+            headers: ambiguous
+                .filter(|a| !a.headers.is_empty())
+                .or(unauthorized)
+                .map(|r| r.headers.clone())
+                .unwrap_or_default(),
+        };
         let reply =
             |c: &mut Self, name: &str, given: Option<&file::ResponseFile>, default: (u16, &str)| {
                 let path = format!("responses.{name}");
@@ -972,6 +1056,33 @@ impl Compiler {
                 file.unauthorized.as_ref(),
                 (401, response::DEFAULT_UNAUTHORIZED),
             ),
+            ambiguous_key: reply(
+                self,
+                "ambiguous_key",
+                Some(&ambiguous_key),
+                (400, response::DEFAULT_UNAUTHORIZED),
+            ),
+            bad_request: reply(
+                self,
+                "bad_request",
+                file.bad_request.as_ref(),
+                (400, response::DEFAULT_BAD_REQUEST),
+            ),
+            method_not_allowed: {
+                let mut reply = reply(
+                    self,
+                    "method_not_allowed",
+                    file.method_not_allowed.as_ref(),
+                    (405, response::DEFAULT_METHOD_NOT_ALLOWED),
+                );
+                // Every other method is forwarded, matched by a route or not.
+                if !reply.headers.iter().any(|(name, _)| name == ALLOW) {
+                    reply
+                        .headers
+                        .push((ALLOW, HeaderValue::from_static(ALLOWED_METHODS)));
+                }
+                reply
+            },
             denied: reply(
                 self,
                 "denied",
@@ -995,12 +1106,6 @@ impl Compiler {
                 "payload_too_large",
                 file.payload_too_large.as_ref(),
                 (413, response::DEFAULT_PAYLOAD_TOO_LARGE),
-            ),
-            bad_request: reply(
-                self,
-                "bad_request",
-                file.bad_request.as_ref(),
-                (400, response::DEFAULT_BAD_REQUEST),
             ),
             unavailable: reply(
                 self,

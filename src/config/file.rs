@@ -55,6 +55,9 @@ pub struct File {
     /// Routes, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// How request targets are put in canonical form before identity and matching.
+    #[serde(default)]
+    pub normalise: NormaliseFile,
     /// Defaults for every limit.
     #[serde(default)]
     pub defaults: Defaults,
@@ -224,6 +227,53 @@ pub struct UpstreamTlsFile {
     /// Name sent as SNI and verified in the upstream's certificate (default: the URL's host).
     #[serde(default)]
     pub server_name: Option<String>,
+}
+
+/// Request normalisation: every step on by default. Turning one off lets the spellings it
+/// would have merged reach the upstream as different paths, each with its own count.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormaliseFile {
+    /// Decode escapes of unreserved characters (`%6C` → `l`), upper-case the other escapes,
+    /// escape raw bytes a path may not hold (default true).
+    #[serde(default)]
+    pub percent_encoding: Option<bool>,
+    /// Resolve `.` and `..` segments; a `..` above the root is a 400 (default true).
+    #[serde(default)]
+    pub dot_segments: Option<bool>,
+    /// Read `//` as `/` (default true).
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
+    /// `%2F`, `%5C` and `\` in a path: `reject` (400, the default), `decode` (read as `/`)
+    /// or `keep` (forwarded encoded).
+    #[serde(default)]
+    pub encoded_slashes: Option<EncodedSlashes>,
+    /// A `Host` that disagrees with an absolute-form target's authority (or HTTP/2's
+    /// `:authority`): `replace` it with the authority (the default) or `reject` (400).
+    #[serde(default)]
+    pub conflicting_host: Option<ConflictingHost>,
+}
+
+/// What `%2F`, `%5C` and `\` in a path get.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400.
+    Reject,
+    /// Read as the `/` they spell.
+    Decode,
+    /// Forwarded encoded, part of their segment.
+    Keep,
+}
+
+/// What a `Host` that disagrees with the target's authority gets.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictingHost {
+    /// Replaced by the authority.
+    Replace,
+    /// 400.
+    Reject,
 }
 
 /// One way to find out who is calling.
@@ -660,6 +710,18 @@ pub struct Responses {
     /// No identity or a rejected key (401).
     #[serde(default)]
     pub unauthorized: Option<ResponseFile>,
+    /// A key given more than once, or two different keys (default: as `unauthorized`,
+    /// status 400).
+    #[serde(default)]
+    pub ambiguous_key: Option<ResponseFile>,
+    /// A malformed or ambiguously framed request, or a request target sluice refuses to
+    /// guess at: an encoded slash, an invalid escape, a `..` above the root, a bad `Host`
+    /// (400).
+    #[serde(default)]
+    pub bad_request: Option<ResponseFile>,
+    /// `CONNECT` when no route lists it (405).
+    #[serde(default)]
+    pub method_not_allowed: Option<ResponseFile>,
     /// Plan without access (403).
     #[serde(default)]
     pub denied: Option<ResponseFile>,
@@ -672,9 +734,6 @@ pub struct Responses {
     /// Request body over the route's `max_body` (413).
     #[serde(default)]
     pub payload_too_large: Option<ResponseFile>,
-    /// A malformed or ambiguously framed request (400).
-    #[serde(default)]
-    pub bad_request: Option<ResponseFile>,
     /// The limit store failed and `store.on_error` is `deny` (503).
     #[serde(default)]
     pub unavailable: Option<ResponseFile>,

@@ -280,3 +280,88 @@ limits: { max_connections: 0, max_header_bytes: 1KiB, idle_timeout: 0s }
     assert_eq!(config.limits.max_connections, 10_000);
     assert!(config.tls.is_none());
 }
+
+#[test]
+fn normalisation_settings_compile_and_patterns_must_be_canonical() {
+    use crate::target::{ConflictingHost, EncodedSlashes, Normaliser};
+    let c = load_str(MINIMAL, "t.yaml", None).unwrap();
+    assert_eq!(c.target, Normaliser::default());
+    let c = load_str(
+        "upstream: { url: \"demo:\" }
+normalise: { percent_encoding: false, dot_segments: false, merge_slashes: false, encoded_slashes: keep, conflicting_host: reject }
+routes:
+  - { name: tunnel, match: { method: CONNECT } }
+  - { name: ping, match: { method: OPTIONS, path: \"*\" } }
+  - { name: raw, match: { path: \"/a/./%7e\" } }
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.target,
+        Normaliser {
+            percent_encoding: false,
+            dot_segments: false,
+            merge_slashes: false,
+            encoded_slashes: EncodedSlashes::Keep,
+            conflicting_host: ConflictingHost::Reject,
+            allow_connect: true,
+            allow_asterisk: true,
+        }
+    );
+    // `*` (any method) does not open CONNECT.
+    let c = load_str(
+        "upstream: { url: \"demo:\" }\nroutes: [{ name: all, match: { method: \"*\" } }]\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert!(!c.target.allow_connect);
+
+    let e = errors(
+        "upstream: { url: \"demo:\" }
+routes:
+  - { name: a, match: { path: \"/v1/%7euser\" } }
+  - { name: b, match: { path: \"/v1/./x\" } }
+  - { name: c, match: { path: \"/v1/a%2Fb\" } }
+  - { name: d, match: { path: \"/v1/{id}/caf\u{e9}\" } }
+",
+    );
+    assert_eq!(
+        e,
+        [
+            "t.yaml:3:31: routes[0].match.path: path pattern \"/v1/%7euser\" can never match: request paths are normalised before matching, and its segment \"%7euser\" becomes \"~user\" (see `normalise`)",
+            "t.yaml:4:31: routes[1].match.path: path pattern \"/v1/./x\" can never match: request paths are normalised before matching, and its segment \".\" is removed (see `normalise`)",
+            "t.yaml:5:31: routes[2].match.path: path pattern \"/v1/a%2Fb\" can never match: request paths are normalised before matching, and its segment \"a%2Fb\" is refused (the path holds an encoded slash (%2F, %5C or \\)) (see `normalise`)",
+            "t.yaml:6:31: routes[3].match.path: path pattern \"/v1/{id}/caf\u{e9}\" can never match: request paths are normalised before matching, and its segment \"caf\u{e9}\" becomes \"caf%C3%A9\" (see `normalise`)",
+        ]
+    );
+}
+
+#[test]
+fn ambiguous_keys_get_the_unauthorized_envelope_with_400() {
+    let c = load_str(
+        "upstream: { url: \"demo:\" }
+responses:
+  unauthorized: { status: 401, body: '{\"error\":\"unauthorized\"}', headers: { X-Why: auth } }
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    let (unauthorized, ambiguous) = (&c.responses.unauthorized, &c.responses.ambiguous_key);
+    assert_eq!(ambiguous.status, 400);
+    assert_eq!(ambiguous.body, unauthorized.body);
+    assert_eq!(ambiguous.headers, unauthorized.headers);
+    assert_eq!(ambiguous.content_type, unauthorized.content_type);
+    let c = load_str(
+        "upstream: { url: \"demo:\" }\nresponses: { ambiguous_key: { status: 401 } }\n",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.responses.ambiguous_key.status, 401);
+    assert_eq!(c.responses.method_not_allowed.status, 405);
+    assert_eq!(c.responses.bad_request.status, 400);
+}

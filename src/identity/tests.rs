@@ -52,6 +52,101 @@ fn keys_come_from_header_bearer_or_query() {
 }
 
 #[test]
+fn a_query_key_is_read_as_the_upstream_decodes_it() {
+    let id = identifier(Fallback::Reject, Fallback::PerKey(4));
+    let plain = id
+        .identify(&parts(Request::builder().uri("/x?api_key=user1")), IP, 0)
+        .unwrap();
+    for query in [
+        "api_key=%75ser1",
+        "api_key=%75%73%65%72%31",
+        "api%5Fkey=user1",
+        "api%5fkey=%75ser1",
+        "a=1&api_key=user1&b=2",
+        "api_key=+user1+",
+        "api_key=%20user1",
+    ] {
+        let who = id
+            .identify(&parts(Request::builder().uri(format!("/x?{query}"))), IP, 0)
+            .unwrap();
+        assert_eq!(who, plain, "{query}");
+    }
+    // A registered key spelled encoded is that key.
+    let who = id
+        .identify(
+            &parts(Request::builder().uri("/x?api_key=clear%2Dkey")),
+            IP,
+            0,
+        )
+        .unwrap();
+    assert_eq!((who.kind, who.profile), (Kind::Key, 1));
+    // Not decoded further than once: `%2575` is the text `%75`.
+    let twice = id
+        .identify(
+            &parts(Request::builder().uri("/x?api_key=%2575ser1")),
+            IP,
+            0,
+        )
+        .unwrap();
+    assert_ne!(twice, plain);
+    // Only the separators and trimming: case is the key's own.
+    let upper = id
+        .identify(&parts(Request::builder().uri("/x?api_key=USER1")), IP, 0)
+        .unwrap();
+    assert_ne!(upper, plain);
+}
+
+#[test]
+fn a_key_given_more_than_once_is_ambiguous() {
+    let id = identifier(Fallback::Reject, Fallback::PerKey(4));
+    let ambiguous = [
+        Request::builder()
+            .header("x-api-key", "user1")
+            .header("x-api-key", "user2"),
+        Request::builder()
+            .header("x-api-key", "user1")
+            .header("x-api-key", "user1"),
+        Request::builder().uri("/x?api_key=user1&api_key=user2"),
+        Request::builder().uri("/x?api_key=user1&api_key=user1"),
+        Request::builder().uri("/x?api_key=user1&api%5Fkey=user2"),
+        Request::builder().uri("/x?api_key=user1&api_key="),
+        Request::builder()
+            .uri("/x?api_key=user2")
+            .header("x-api-key", "user1"),
+        Request::builder()
+            .header("x-api-key", "user1")
+            .header("authorization", "Bearer user2"),
+        Request::builder()
+            .header("authorization", "Bearer user1")
+            .header("authorization", "Bearer user1"),
+    ];
+    for request in ambiguous {
+        let p = parts(request);
+        assert_eq!(
+            id.identify(&p, IP, 0),
+            Err(Unidentified::Ambiguous),
+            "{:?} {:?}",
+            p.uri,
+            p.headers
+        );
+        assert_eq!(id.presented_key(&p), None);
+    }
+    // The same key in two places is one key.
+    let p = parts(
+        Request::builder()
+            .uri("/x?api_key=%75ser1")
+            .header("x-api-key", "user1")
+            .header("authorization", "Bearer  user1 "),
+    );
+    let who = id.identify(&p, IP, 0).unwrap();
+    assert_eq!(
+        (who.kind, who.subject),
+        (Kind::UnknownKey, subject_hash(b'u', b"user1"))
+    );
+    assert_eq!(id.presented_key(&p).as_deref(), Some("user1"));
+}
+
+#[test]
 fn hashed_keys_are_found_by_digest() {
     let id = identifier(Fallback::Reject, Fallback::Reject);
     let who = id

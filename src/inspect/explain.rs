@@ -16,10 +16,17 @@ pub fn explain(
     path: &str,
 ) -> Result<String, InspectError> {
     let policy = &config.policy;
-    let parts = head(policy, caller, method, path)?;
+    let mut parts = head(policy, caller, method, path)?;
     let client_ip = caller.client_ip();
     let mut out = String::new();
     let _ = writeln!(out, "request:  {} {}", parts.method, parts.uri);
+    if let Err(refused) = config.target.apply(&mut parts) {
+        let status = status(config, refused.into());
+        let _ = writeln!(out, "result:   {status}: {refused}");
+        return Ok(out);
+    }
+    // The canonical target: what routes match and what the upstream receives.
+    let _ = writeln!(out, "target:   {}", parts.uri);
     let default_ip = if caller.ip.is_none() {
         " (default; set with --ip)"
     } else {
@@ -35,7 +42,8 @@ pub fn explain(
         Ok(identity) => identity,
         Err(why) => {
             let _ = writeln!(out, "caller:   none");
-            let _ = writeln!(out, "result:   401 unauthorized: {}", unidentified(why));
+            let status = status(config, why.into());
+            let _ = writeln!(out, "result:   {status}: {}", unidentified(why));
             return Ok(out);
         }
     };
@@ -96,6 +104,13 @@ pub fn explain(
         }
     }
     Ok(out)
+}
+
+/// The status a rejection gets, as `401 unauthorized`.
+fn status(config: &Config, rejection: crate::response::Rejection) -> String {
+    let status = config.responses.reply(rejection).status;
+    let reason = status.canonical_reason().unwrap_or("").to_ascii_lowercase();
+    format!("{} {reason}", status.as_u16())
 }
 
 fn caller_line(identity: &Identity, caller: &Caller) -> String {

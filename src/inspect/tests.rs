@@ -45,6 +45,7 @@ fn explain_a_key_override_names_every_origin() {
         text,
         "\
 request:  POST /v1/messages
+target:   /v1/messages
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:ca99aac1 (registered)
 plan:     business
@@ -65,6 +66,7 @@ fn explain_route_plan_and_unmatched_requests() {
         explain(&c, &key("k-pro"), "POST", "/v1/campaigns/batch").unwrap(),
         "\
 request:  POST /v1/campaigns/batch
+target:   /v1/campaigns/batch
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:19b7d09a (registered)
 plan:     pro
@@ -79,6 +81,7 @@ limits:   2, every one must allow the request:
         explain(&c, &key("k-pro"), "DELETE", "/other").unwrap(),
         "\
 request:  DELETE /other
+target:   /other
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:19b7d09a (registered)
 plan:     pro
@@ -101,6 +104,7 @@ fn explain_anonymous_denied_exempt_and_rejected_callers() {
         explain(&c, &anonymous, "GET", "/v1/things?page=2").unwrap(),
         "\
 request:  GET /v1/things?page=2
+target:   /v1/things?page=2
 client:   203.0.113.9
 caller:   client ip 203.0.113.9 (no key)
 plan:     anonymous
@@ -115,6 +119,7 @@ limits:   3, every one must allow the request:
         explain(&c, &key("k-free"), "GET", "/v1/things").unwrap(),
         "\
 request:  GET /v1/things
+target:   /v1/things
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:c4f70b11 (registered)
 plan:     free
@@ -126,6 +131,7 @@ result:   403 denied: plan free has no API access
         explain(&c, &key("k-pro"), "GET", "/healthz").unwrap(),
         "\
 request:  GET /healthz
+target:   /healthz
 client:   127.0.0.1 (default; set with --ip)
 caller:   key sha256:19b7d09a (registered)
 plan:     pro
@@ -138,6 +144,7 @@ limits:   none: the route is exempt
         explain(&c, &key("nobody"), "GET", "/v1/x").unwrap(),
         "\
 request:  GET /v1/x
+target:   /v1/x
 client:   127.0.0.1 (default; set with --ip)
 caller:   none
 result:   401 unauthorized: the key is not registered, and unknown keys are rejected
@@ -458,4 +465,21 @@ store: {{ backend: redis, url: "redis://:{redis}@127.0.0.1:6379/0" }}
         text.contains("JWT (HS256) in Authorization: Bearer"),
         "{text}"
     );
+}
+
+#[test]
+fn a_key_presented_in_the_query_is_encoded_as_a_form_would_send_it() {
+    let c = load_str(
+        "upstream: { url: \"demo:\" }
+identify: [{ api_key: { query: api_key } }]
+keys: [{ key: \"k &+%=?#\", plan: default }]
+",
+        "t.yaml",
+        None,
+    )
+    .unwrap();
+    let parts = head(&c.policy, &key("k &+%=?#"), "GET", "/v1/x?a=1").unwrap();
+    assert_eq!(parts.uri, "/v1/x?a=1&api_key=k+%26%2B%25%3D%3F%23");
+    let who = c.policy.identifier.identify(&parts, DEFAULT_IP, 0).unwrap();
+    assert_eq!(who.kind, crate::identity::Kind::Key);
 }

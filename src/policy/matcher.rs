@@ -14,6 +14,10 @@ const STANDARD_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
+const GET: u16 = 1;
+const HEAD: u16 = 1 << 1;
+const CONNECT: u16 = 1 << 5;
+
 /// Bit for a standard method name (exact, upper-case), or `None` for an extension.
 /// Must agree with the order of `STANDARD_METHODS` (checked by a test).
 #[inline]
@@ -102,14 +106,26 @@ impl MethodSet {
     }
 
     /// Whether a request with this method is accepted. Never allocates.
+    ///
+    /// `HEAD` is accepted wherever `GET` is: upstreams run the GET handler for it, so it
+    /// must meet the GET route's limits. `CONNECT` only where it is listed by name: `*`
+    /// means every method a resource takes, and opening tunnels is not one of them.
     #[inline]
     pub fn matches(&self, method: &Method) -> bool {
-        if self.any {
-            return true;
-        }
         match standard_bit(method.as_str()) {
+            Some(CONNECT) => self.standard & CONNECT != 0,
+            _ if self.any => true,
+            Some(HEAD) => self.standard & (HEAD | GET) != 0,
             Some(bit) => self.standard & bit != 0,
             None => self.extensions.iter().any(|m| m == method),
+        }
+    }
+
+    /// Whether `method` is named in the set itself (not through `*`, nor HEAD through GET).
+    pub fn lists(&self, method: &Method) -> bool {
+        match standard_bit(method.as_str()) {
+            Some(bit) => self.standard & bit != 0,
+            None => self.extensions.contains(method),
         }
     }
 
@@ -170,6 +186,8 @@ enum Tail {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PathKind {
+    /// `*`: the asterisk-form target of `OPTIONS *`, and nothing else.
+    Asterisk,
     /// No parameters or wildcards: a plain string compare against the source.
     Exact,
     /// Literal segments then `**`: `path == prefix` or `path` starts with
@@ -189,10 +207,11 @@ enum PathKind {
 /// segment and `**` matches zero or more segments (`/v1/**` matches `/v1`,
 /// `/v1/` and `/v1/a/b`). A trailing `/` in the pattern is significant.
 ///
-/// Paths are compared as received: no percent-decoding and no normalization
-/// (`//`, `.`, `..` are not collapsed). The proxy forwards the path exactly as
-/// received, so matching the raw form keeps what we match and what the
-/// upstream sees consistent.
+/// `*` alone matches the asterisk-form target of `OPTIONS *` and nothing else.
+///
+/// Paths are compared as they are, byte for byte: the request path is in canonical form
+/// by then ([`crate::target`]), and that canonical path is the one forwarded, so what is
+/// matched is what the upstream serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPattern {
     source: Box<str>,
@@ -228,6 +247,12 @@ impl PathPattern {
         let err = |why: &str| format!("invalid path pattern {pattern:?}: {why}");
         if pattern.is_empty() {
             return Err(err("the pattern is empty; use \"/**\" to match every path"));
+        }
+        if pattern == "*" {
+            return Ok(PathPattern {
+                source: pattern.into(),
+                kind: PathKind::Asterisk,
+            });
         }
         if !pattern.starts_with('/') {
             return Err(err("it must start with '/'"));
@@ -327,7 +352,7 @@ impl PathPattern {
     #[inline]
     pub fn matches(&self, path: &str) -> bool {
         match &self.kind {
-            PathKind::Exact => path == &*self.source,
+            PathKind::Exact | PathKind::Asterisk => path == &*self.source,
             PathKind::Prefix(prefix) => match path.strip_prefix(&**prefix) {
                 Some(rest) => rest.starts_with('/') || (rest.is_empty() && !prefix.is_empty()),
                 None => false,
@@ -363,6 +388,22 @@ impl PathPattern {
     /// The source pattern, for display and logs.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// Whether this is `*`, the pattern of `OPTIONS *`.
+    pub fn is_asterisk(&self) -> bool {
+        self.kind == PathKind::Asterisk
+    }
+
+    /// The literal segments, as written: a request path is normalised before it is
+    /// matched, so a literal that is not in canonical form never matches.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        let literal = |s: &&str| !(s.starts_with('{') || *s == "*" || *s == "**");
+        let segments = match self.kind {
+            PathKind::Asterisk => None,
+            _ => Some(self.source[1..].split('/').filter(literal)),
+        };
+        segments.into_iter().flatten()
     }
 }
 
@@ -550,9 +591,41 @@ mod tests {
         let m = ms(&["GET"]);
         assert!(m.matches(&Method::GET));
         assert!(!m.matches(&Method::POST));
-        assert!(!m.matches(&Method::HEAD));
         assert!(!m.is_any());
         assert_eq!(m.to_string(), "GET");
+    }
+
+    #[test]
+    fn head_is_taken_wherever_get_is() {
+        assert!(ms(&["GET"]).matches(&Method::HEAD));
+        assert!(!ms(&["GET"]).lists(&Method::HEAD));
+        assert!(ms(&["HEAD"]).matches(&Method::HEAD));
+        assert!(!ms(&["HEAD"]).matches(&Method::GET));
+        assert!(!ms(&["POST"]).matches(&Method::HEAD));
+        assert!(MethodSet::any().matches(&Method::HEAD));
+    }
+
+    #[test]
+    fn connect_only_where_listed() {
+        assert!(!MethodSet::any().matches(&Method::CONNECT));
+        assert!(!ms(&["*"]).lists(&Method::CONNECT));
+        assert!(!ms(&["GET", "POST"]).matches(&Method::CONNECT));
+        assert!(ms(&["CONNECT"]).matches(&Method::CONNECT));
+        assert!(ms(&["connect"]).lists(&Method::CONNECT));
+    }
+
+    #[test]
+    fn asterisk_pattern_matches_only_asterisk() {
+        let pat = p("*");
+        assert!(pat.is_asterisk());
+        assert!(pat.matches("*"));
+        assert!(!pat.matches("/"));
+        assert!(!p("/**").matches("*"));
+        assert_eq!(pat.literals().count(), 0);
+        assert_eq!(
+            p("/v1/{id}/a%7e/*").literals().collect::<Vec<_>>(),
+            ["v1", "a%7e"]
+        );
     }
 
     #[test]
@@ -651,6 +724,7 @@ mod tests {
         assert!(!pat.matches("/users/42/x"));
     }
 
+    /// Matching compares bytes: the request path was made canonical before.
     #[test]
     fn no_decoding_or_normalization() {
         assert!(p("/a%20b").matches("/a%20b"));

@@ -17,6 +17,12 @@ impl MethodSet {
 impl PathPattern {
     /// Whether every path `other` matches is matched here.
     pub fn covers(&self, other: &PathPattern) -> bool {
+        // `*` matches the asterisk-form target alone, which no path pattern matches.
+        match (&self.kind, &other.kind) {
+            (PathKind::Asterisk, theirs) => return *theirs == PathKind::Asterisk,
+            (_, PathKind::Asterisk) => return false,
+            _ => {}
+        }
         let (mine, my_tail) = self.shape();
         let (theirs, their_tail) = other.shape();
         let prefix_covers = |n: usize| {
@@ -44,6 +50,7 @@ impl PathPattern {
                 .collect()
         };
         match &self.kind {
+            PathKind::Asterisk => unreachable!("covers() decides `*` before asking its shape"),
             PathKind::Exact => (literals(&self.source[1..]), Tail::End),
             PathKind::Prefix(prefix) if prefix.is_empty() => (Vec::new(), Tail::Any),
             PathKind::Prefix(prefix) => (literals(&prefix[1..]), Tail::Any),
