@@ -81,6 +81,14 @@ pub fn head(
         .ok_or_else(|| InspectError::Path(path.into()))?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
+    // A client always sends a Host (HTTP/1.1 requires one): given a bare path, one that no
+    // host pattern names, so only routes for any host match, as before host names counted.
+    if uri.authority().is_none() {
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("explain.invalid"),
+        );
+    }
     parts.uri = uri;
     if let Some(key) = &caller.key {
         present_key(policy, &mut parts, key)?;

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use http::header::{HeaderValue, HOST};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
-use http::Method;
+use http::{Method, Version};
 
 /// What to do with `%2F` and `%5C` (and a raw `\`): escapes that, decoded, would move a
 /// segment boundary, which upstreams disagree on.
@@ -127,6 +127,9 @@ pub enum Invalid {
     /// Two `Host` headers.
     #[error("the request has more than one Host header")]
     DuplicateHost,
+    /// An HTTP/1.1 request in origin or asterisk form without `Host`.
+    #[error("the HTTP/1.1 request has no Host header")]
+    MissingHost,
     /// `Host` disagrees with the authority under `conflicting_host: reject`.
     #[error("the Host header disagrees with the target's authority")]
     ConflictingHost,
@@ -152,11 +155,19 @@ impl Normaliser {
             };
         }
         let Some(scheme) = uri.scheme_str() else {
+            // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400, as nginx answers.
+            let hostless = host.is_none() && parts.version == Version::HTTP_11;
             return match (uri.authority(), uri.path()) {
                 (Some(_), _) => Err(Invalid::AuthorityForm.into()),
-                (None, "*") if parts.method == Method::OPTIONS && self.allow_asterisk => Ok(()),
+                (None, "*") if parts.method == Method::OPTIONS && self.allow_asterisk => {
+                    if hostless {
+                        return Err(Invalid::MissingHost.into());
+                    }
+                    Ok(())
+                }
                 (None, "*") => Err(Invalid::Asterisk.into()),
                 (None, path) if !path.starts_with('/') => Err(Invalid::Form.into()),
+                (None, _) if hostless => Err(Invalid::MissingHost.into()),
                 (None, path) => {
                     if let Cow::Owned(path) = self.path(path)? {
                         parts.uri = origin_form(path, parts.uri.query());

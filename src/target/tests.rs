@@ -301,6 +301,10 @@ fn targets_refused() {
         refused(get("/").header("host", "a").header("host", "b")),
         Invalid::DuplicateHost.into()
     );
+    // HTTP/1.1 needs a Host (RFC 9112 §3.2); HTTP/1.0 and HTTP/2 (:authority) do not.
+    assert_eq!(refused(get("/")), Invalid::MissingHost.into());
+    let mut p = parts(get("/").version(http::Version::HTTP_10));
+    n.apply(&mut p).unwrap();
     assert_eq!(
         refused(get("/").header("host", "a/b")),
         Invalid::Host.into()
@@ -309,7 +313,10 @@ fn targets_refused() {
         refused(get("/").header("host", "u@a")),
         Invalid::Host.into()
     );
-    assert_eq!(refused(get("/v1%2flimited")), Invalid::EncodedSlash.into());
+    assert_eq!(
+        refused(get("/v1%2flimited").header("host", "a")),
+        Invalid::EncodedSlash.into()
+    );
 
     // A route that lists them lets them through, untouched.
     let open = Normaliser {
@@ -320,9 +327,13 @@ fn targets_refused() {
     let mut p = parts(http::Request::connect("api.example:443"));
     open.apply(&mut p).unwrap();
     assert_eq!(p.uri, "api.example:443");
-    let mut p = parts(http::Request::options("*"));
+    let mut p = parts(http::Request::options("*").header("host", "a"));
     open.apply(&mut p).unwrap();
     assert_eq!(p.uri, "*");
+    assert_eq!(
+        open.apply(&mut parts(http::Request::options("*"))),
+        Err(Invalid::MissingHost.into())
+    );
     assert_eq!(
         open.apply(&mut parts(get("*"))),
         Err(Invalid::Asterisk.into())
