@@ -94,10 +94,9 @@ pub struct Document {
     pub duplicates: Vec<Located>,
 }
 
-/// Most nodes aliases may add, beyond this many per node written (a few nested anchors can
-/// otherwise expand into billions of nodes).
+/// Aliases may add this many nodes per node written in the file, or `ALIAS_NODES_MIN`,
+/// whichever is more: a few nested anchors could otherwise expand into billions of nodes.
 const ALIAS_NODES_PER_NODE: usize = 10;
-/// ...and this many in any file.
 const ALIAS_NODES_MIN: usize = 10_000;
 
 /// Parses `text` into a tree. A syntax error ends the parse: it is the one problem returned.

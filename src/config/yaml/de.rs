@@ -478,7 +478,22 @@ struct Variant<'a> {
     value: Option<(De<'a>, &'a Node, &'a Node)>,
 }
 
-impl<'de, 'a> de::EnumAccess<'de> for Variant<'a> {
+impl Variant<'_> {
+    /// The value of a variant that has one (`expected` names which kind).
+    fn value<T>(
+        self,
+        expected: &str,
+        read: impl FnOnce(De<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let Some((map, key, value)) = self.value else {
+            return Err(de::Error::invalid_type(Unexpected::UnitVariant, &expected));
+        };
+        let value = map.child(value, Path::Key(&map.path, key.text().unwrap_or("?")));
+        read(value).map_err(|e| value.place(e))
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for Variant<'_> {
     type Error = Error;
     type Variant = Self;
 
@@ -500,25 +515,13 @@ impl<'de> de::VariantAccess<'de> for Variant<'_> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
-        let Some((map, key, value)) = self.value else {
-            return Err(de::Error::invalid_type(
-                Unexpected::UnitVariant,
-                &"newtype variant",
-            ));
-        };
-        let value = map.child(value, Path::Key(&map.path, key.text().unwrap_or("?")));
-        seed.deserialize(value).map_err(|e| value.place(e))
+        self.value("newtype variant", |value| seed.deserialize(value))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, Error> {
-        let Some((map, key, value)) = self.value else {
-            return Err(de::Error::invalid_type(
-                Unexpected::UnitVariant,
-                &"tuple variant",
-            ));
-        };
-        let value = map.child(value, Path::Key(&map.path, key.text().unwrap_or("?")));
-        de::Deserializer::deserialize_seq(value, visitor)
+        self.value("tuple variant", |value| {
+            de::Deserializer::deserialize_seq(value, visitor)
+        })
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -526,14 +529,9 @@ impl<'de> de::VariantAccess<'de> for Variant<'_> {
         _: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let Some((map, key, value)) = self.value else {
-            return Err(de::Error::invalid_type(
-                Unexpected::UnitVariant,
-                &"struct variant",
-            ));
-        };
-        let value = map.child(value, Path::Key(&map.path, key.text().unwrap_or("?")));
-        de::Deserializer::deserialize_map(value, visitor)
+        self.value("struct variant", |value| {
+            de::Deserializer::deserialize_map(value, visitor)
+        })
     }
 }
 
