@@ -98,6 +98,9 @@ pub struct Document {
 /// whichever is more: a few nested anchors could otherwise expand into billions of nodes.
 const ALIAS_NODES_PER_NODE: usize = 10;
 const ALIAS_NODES_MIN: usize = 10_000;
+/// Deepest nesting of collections, as serde_norway allowed: the tree is walked (and dropped)
+/// recursively, and a file of `- - - - …` would otherwise overflow the stack.
+const MAX_DEPTH: usize = 128;
 
 /// Parses `text` into a tree. A syntax error ends the parse: it is the one problem returned.
 pub fn parse(text: &str) -> Result<Document, Located> {
@@ -217,6 +220,12 @@ impl Builder<'_> {
                 };
                 let node = self.node(at, Kind::Scalar(scalar));
                 self.finish(node, anchor);
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() == MAX_DEPTH => {
+                return Err(Located {
+                    at,
+                    message: format!("nested more than {MAX_DEPTH} levels deep"),
+                });
             }
             Event::SequenceStart(anchor, _) => {
                 self.open(self.dash(at), anchor, Items::Seq(Vec::new()))

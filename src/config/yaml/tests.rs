@@ -250,6 +250,15 @@ fn aliases_cannot_expand_without_bound() {
 }
 
 #[test]
+fn nesting_is_bounded() {
+    let e = parse(&format!("a:\n{}x\n", "- ".repeat(100_000))).unwrap_err();
+    assert_eq!(shown(&[e]), ["2:255: nested more than 128 levels deep"]);
+    let e = parse(&format!("a: {}{}\n", "[".repeat(200), "]".repeat(200))).unwrap_err();
+    assert_eq!(e.message, "nested more than 128 levels deep");
+    parse(&format!("a: {}{}\n", "[".repeat(127), "]".repeat(127))).unwrap();
+}
+
+#[test]
 fn every_prefix_of_a_document_parses_or_fails_without_panicking() {
     let text = format!("{BLOCK}x: &a {{ k: [1, *a, !!str 2], ? [c] : d }}\ny: *a\nz: *missing\n");
     for (i, _) in text.char_indices() {
