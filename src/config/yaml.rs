@@ -147,11 +147,13 @@ fn mark(marker: saphyr_parser::Marker) -> Mark {
     }
 }
 
-/// Byte offset of the start of each line (index 0 is line 1).
+/// Byte offset of the start of each line (index 0 is line 1); lines end as YAML ends them,
+/// at `\n`, `\r\n` or a lone `\r`.
 fn line_starts(text: &str) -> Vec<usize> {
-    std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-        .collect()
+    let bytes = text.as_bytes();
+    let ends = (bytes.iter().enumerate())
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')));
+    std::iter::once(0).chain(ends.map(|(i, _)| i + 1)).collect()
 }
 
 /// A collection being read.
