@@ -5,7 +5,9 @@
 //! entry, a bad sequence item drops the item, and the next pass goes on to the next error. An
 //! error that leaving a node out causes (the `missing field` of a field that was dropped, a
 //! one-key mapping left with none) is not reported; its node is left out in turn. Each pass
-//! leaves out one more node, so a file with N errors takes N + 1 passes.
+//! leaves out one more node, so a file with N errors takes N + 1 passes or a few more;
+//! [`from_items`] reads a sequence (the keys file) an item at a time, so that a pass re-reads
+//! one item, not the file.
 //!
 //! Scalars are typed as serde_norway (the YAML 1.2 core schema) types them, so that a file
 //! means what it meant before: `true`, `12`, `0x1F`, `1.5`, `~` are a boolean, integers, a
