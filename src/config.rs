@@ -3,14 +3,14 @@
 //!
 //! Owns the runtime `Config` and its error type. The serde types are in `file`, the
 //! semantic checks in `compile`, the warnings about valid configs in `lint`, the units
-//! (`100/min`, `2s`) in `units` and source positions in `location`.
+//! (`100/min`, `2s`) in `units`, and the YAML tree that knows where each value is in `yaml`.
 
 pub mod compile;
 pub mod file;
 pub mod lint;
-pub mod location;
 pub mod schema;
 pub mod units;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::policy::Policy;
 use crate::response::Responses;
-use location::Locations;
+use yaml::Located;
 
 /// The default config, embedded so `sluice run` works with no file at all.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/sluice.yaml");
@@ -297,28 +297,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Compiles config text; `name` is used in messages, `dir` resolves a relative `keys_file`.
+///
+/// Every problem is reported in one pass: those of the YAML itself and of each value's type and
+/// form in the config and its keys file together, then, when there are none, those between
+/// values (an unknown plan, a duplicate route).
 pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let mut file: file::File = parse(text, name)?;
+    let main = yaml::parse(text).map_err(|e| ConfigErrors(vec![placed(name, e)]))?;
+    let (file, mut errors) = read(&main, name, yaml::de::from_tree::<file::File>);
+    let keys = read_keys(&main, name, dir, &mut errors);
+    let mut file = match file {
+        Some(file) if errors.is_empty() => file,
+        _ => {
+            errors.sort_by_key(|e| (e.file != name, e.line, e.column));
+            return Err(ConfigErrors(errors));
+        }
+    };
     if let Some(dir) = dir {
         resolve_paths(&mut file, dir);
     }
-    let (keys, keys_name, keys_text) = match &file.keys_file {
-        None => (Vec::new(), String::new(), String::new()),
-        Some(keys_path) => {
-            let full = dir.map_or_else(|| PathBuf::from(keys_path), |d| d.join(keys_path));
-            let keys_name = full.display().to_string();
-            let keys_text = std::fs::read_to_string(&full).map_err(|e| {
-                let at = Locations::index(text).find("keys_file");
-                ConfigErrors(vec![ConfigError {
-                    file: name.into(),
-                    line: at.map(|l| l.line),
-                    column: at.map(|l| l.column),
-                    message: format!("keys_file: cannot read \"{keys_name}\": {e}"),
-                }])
-            })?;
-            let keys: Vec<file::KeyEntry> = parse(&keys_text, &keys_name)?;
-            (keys, keys_name, keys_text)
-        }
+    let (keys, keys_name, keys_text, keys_root) = match keys {
+        Some(k) => (k.entries, k.name, k.text, Some(k.root)),
+        None => (Vec::new(), String::new(), String::new(), None),
     };
     let mut inputs = vec![InputFile {
         path: PathBuf::from(name),
@@ -337,20 +336,20 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
     let declared: Vec<String> = file.plans.keys().cloned().collect();
     // Problems become `file:line:column: path: message`, sorted by place.
     let place = |problems: Vec<compile::Problem>| -> Vec<ConfigError> {
-        let main = Locations::index(text);
-        let keys_locations = Locations::index(&keys_text);
         let mut errors: Vec<ConfigError> = problems
             .into_iter()
             .map(|p| {
-                let (file_name, locations) = match p.source {
-                    Source::Main => (name, &main),
-                    Source::Keys => (keys_name.as_str(), &keys_locations),
+                let (file_name, root) = match p.source {
+                    Source::Main => (name, Some(&main.root)),
+                    Source::Keys => (keys_name.as_str(), keys_root.as_ref()),
                 };
-                let at = if p.at_key {
-                    locations.find_key(&p.path)
-                } else {
-                    locations.find(&p.path)
-                };
+                let at = root.map(|root| {
+                    if p.at_key {
+                        root.find_key(&p.path)
+                    } else {
+                        root.find(&p.path)
+                    }
+                });
                 let shown = if p.path.is_empty() {
                     String::new()
                 } else {
@@ -378,6 +377,82 @@ pub fn load_str(text: &str, name: &str, dir: Option<&Path>) -> Result<Config, Co
         config.warnings = place(warnings);
     }
     Ok(config)
+}
+
+/// A keys file as read.
+struct KeysFile {
+    entries: Vec<file::KeyEntry>,
+    /// Its path, for messages.
+    name: String,
+    text: String,
+    root: yaml::Node,
+}
+
+/// Reads the keys file `main` names, adding its problems to `errors`. `keys_file` is read
+/// from the tree, so that the keys file is checked even when the rest of `main` has errors.
+fn read_keys(
+    main: &yaml::Document,
+    name: &str,
+    dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<KeysFile> {
+    let path = main.root.get("keys_file")?;
+    let path = yaml::de::from_tree::<Option<String>>(path).0.flatten()?;
+    let full = dir.map_or_else(|| PathBuf::from(&path), |d| d.join(&path));
+    let keys_name = full.display().to_string();
+    let text = match std::fs::read_to_string(&full) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(placed(
+                name,
+                Located {
+                    at: main.root.find("keys_file"),
+                    message: format!("keys_file: cannot read \"{keys_name}\": {e}"),
+                },
+            ));
+            return None;
+        }
+    };
+    let document = match yaml::parse(&text) {
+        Ok(document) => document,
+        Err(e) => {
+            errors.push(placed(&keys_name, e));
+            return None;
+        }
+    };
+    let (entries, problems) = read(&document, &keys_name, yaml::de::from_items);
+    errors.extend(problems);
+    Some(KeysFile {
+        entries: entries.unwrap_or_default(),
+        name: keys_name,
+        text,
+        root: document.root,
+    })
+}
+
+/// Deserializes a parsed file with `de`: the value, and every problem of its YAML and of its
+/// values.
+fn read<T>(
+    document: &yaml::Document,
+    name: &str,
+    de: fn(&yaml::Node) -> (Option<T>, Vec<Located>),
+) -> (Option<T>, Vec<ConfigError>) {
+    let (value, problems) = de(&document.root);
+    let errors = (document.duplicates.iter().cloned())
+        .chain(problems)
+        .map(|e| placed(name, e))
+        .collect();
+    (value, errors)
+}
+
+/// A problem of the YAML or of a value's type, in `file`.
+fn placed(file: &str, problem: Located) -> ConfigError {
+    ConfigError {
+        file: file.into(),
+        line: Some(problem.at.line),
+        column: Some(problem.at.column),
+        message: problem.message,
+    }
 }
 
 /// Settings a config may still carry from an older sluice, which are accepted and ignored
@@ -415,24 +490,6 @@ fn resolve_paths(file: &mut file::File, dir: &Path) {
             join(path);
         }
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Result<T, ConfigErrors> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let location = e.location();
-        let message = e.to_string();
-        // serde_yaml appends " at line L column C"; the position goes in front instead.
-        let message = match message.find(" at line ") {
-            Some(at) if location.is_some() => message[..at].to_string(),
-            _ => message,
-        };
-        ConfigErrors(vec![ConfigError {
-            file: name.into(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
-            message,
-        }])
-    })
 }
 
 #[cfg(test)]

@@ -66,6 +66,53 @@ fn check_reports_malformed_rates_and_unknown_fields() {
     );
 }
 
+#[test]
+fn check_reports_every_mistake_in_the_file_in_one_pass() {
+    let (code, _, stderr) = check(
+        "\
+upstream: { url: \"demo:\", timeout: soon }
+identfy:
+  - api_key: { header: X-API-Key }
+plans:
+  pro: { limits: { all: 100/mni } }
+routes:
+  - { name: batch, limt: 10/min, cost: many }
+  - { name: read, limit: 300/hr }
+plans:
+  free: { access: deny }
+",
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let rate = "expected COUNT/UNIT with UNIT one of s, min, h, d (or COUNT/DURATION like 100/10s)";
+    assert_eq!(lines.len(), 7, "{stderr}");
+    assert_eq!(lines[0], "FILE:1:36: upstream.timeout: malformed duration \"soon\": expected a number followed by us, ms, s, m, h or d");
+    assert!(
+        lines[1].starts_with("FILE:2:1: unknown field `identfy`, expected one of `listen`,"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("FILE:5:25: plans.pro.limits.all: malformed rate \"100/mni\": {rate}")
+    );
+    assert!(
+        lines[3].starts_with("FILE:7:20: routes[0]: unknown field `limt`, expected one of `name`,"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[4],
+        "FILE:7:40: routes[0].cost: invalid type: string \"many\", expected u32"
+    );
+    assert_eq!(
+        lines[5],
+        format!("FILE:8:26: routes[1].limit: malformed rate \"300/hr\": {rate}")
+    );
+    assert_eq!(
+        lines[6],
+        "FILE:9:1: plans: duplicate key, first given at line 4; a mapping names each key once"
+    );
+}
+
 fn default_config() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.yaml")).unwrap()
 }

@@ -31,11 +31,9 @@ pub struct File {
     pub limits: LimitsFile,
     /// Where allowed traffic goes.
     pub upstream: Upstream,
-    /// How callers are identified, tried in order.
-    #[serde(
-        default,
-        deserialize_with = "serde_yaml::with::singleton_map_recursive::deserialize"
-    )]
+    /// How callers are identified, tried in order (each one a mapping of one key, the kind,
+    /// as `config::yaml` reads every enum with a value).
+    #[serde(default)]
     pub identify: Vec<IdentifySource>,
     /// What happens to callers that present no key.
     #[serde(default)]

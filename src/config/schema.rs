@@ -156,8 +156,7 @@ mod tests {
     }
 
     fn yaml(text: &str) -> serde_json::Value {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
-        serde_json::to_value(value).unwrap()
+        crate::config::yaml::de::from_str(text).unwrap()
     }
 
     #[test]

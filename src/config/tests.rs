@@ -36,6 +36,135 @@ fn malformed_rate_names_line_and_column() {
 }
 
 #[test]
+fn every_malformed_rate_is_reported_with_its_line() {
+    let e = errors(
+        "\
+upstream: { url: \"demo:\" }
+routes:
+  - { name: a, limit: 10/mni }
+  - { name: b, limit: 20/min }
+  - { name: c, limit: 5/hr }
+plans:
+  pro: { limits: { a: x/min } }
+",
+    );
+    let expected =
+        "expected COUNT/UNIT with UNIT one of s, min, h, d (or COUNT/DURATION like 100/10s)";
+    assert_eq!(
+        e,
+        [
+            format!("t.yaml:3:23: routes[0].limit: malformed rate \"10/mni\": {expected}"),
+            format!("t.yaml:5:23: routes[2].limit: malformed rate \"5/hr\": {expected}"),
+            format!("t.yaml:7:23: plans.pro.limits.a: malformed rate \"x/min\": {expected}"),
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_field_hides_no_later_one() {
+    let e = errors(
+        "\
+upstream: { url: \"demo:\" }
+identfy:
+  - api_key: { header: X-API-Key }
+routes:
+  - { name: a, limt: 5/min }
+",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:2:1: unknown field `identfy`, expected one of `listen`,"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("t.yaml:5:16: routes[0]: unknown field `limt`, expected one of `name`,"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn a_duplicate_key_is_reported_at_its_own_line() {
+    let e = errors(
+        "\
+upstream: { url: \"demo:\" }
+routes:
+  - name: a
+    limit: 10/min
+    limit: 5/min
+plans:
+  pro: {}
+  pro: { access: deny }
+routes: []
+",
+    );
+    assert_eq!(
+        e,
+        [
+            "t.yaml:5:5: routes[0].limit: duplicate key, first given at line 4; a mapping names each key once",
+            "t.yaml:8:3: plans.pro: duplicate key, first given at line 7; a mapping names each key once",
+            "t.yaml:9:1: routes: duplicate key, first given at line 2; a mapping names each key once",
+        ]
+    );
+}
+
+#[test]
+fn every_wrong_type_is_reported_with_what_was_expected() {
+    let e = errors(
+        "\
+upstream: { url: \"demo:\", http2: maybe }
+limits: { max_connections: lots, backlog: -1 }
+shadow: \"true\"
+routes: { name: a }
+defaults: { algorithm: leaky_bucket }
+",
+    );
+    assert_eq!(
+        e,
+        [
+            "t.yaml:1:34: upstream.http2: invalid type: string \"maybe\", expected a boolean",
+            "t.yaml:2:28: limits.max_connections: invalid type: string \"lots\", expected usize",
+            "t.yaml:2:43: limits.backlog: invalid value: integer `-1`, expected u32",
+            "t.yaml:3:9: shadow: invalid type: string \"true\", expected a boolean",
+            "t.yaml:4:9: routes: invalid type: map, expected a sequence",
+            "t.yaml:5:24: defaults.algorithm: unknown variant `leaky_bucket`, expected one of `fixed_window`, `sliding_window`, `token_bucket`, `concurrency`",
+        ]
+    );
+}
+
+#[test]
+fn a_missing_setting_is_reported_with_every_other_problem() {
+    let e = errors("routes:\n  - { limit: 5/min }\n  - { name: b, cost: many }\n");
+    assert_eq!(
+        e,
+        [
+            "t.yaml:1:1: missing field `upstream`",
+            "t.yaml:2:5: routes[0]: missing field `name`",
+            "t.yaml:3:22: routes[1].cost: invalid type: string \"many\", expected u32",
+        ]
+    );
+}
+
+#[test]
+fn checks_between_settings_wait_for_every_value_to_read() {
+    // `keys[0].plan` names no plan, but the route limit that is left out for its own error
+    // would otherwise make `plans.pro.limits.send` name no route limit: only what is wrong
+    // for certain is reported.
+    let e = errors(
+        "\
+upstream: { url: \"demo:\" }
+keys: [ { key: k, plan: gold } ]
+plans: { pro: { limits: { send: 5/min } } }
+routes: [ { name: send, limit: 5/mni } ]
+",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:32: routes[0].limit: malformed rate"),
+        "{e:#?}"
+    );
+}
+
+#[test]
 fn semantic_problems_are_all_reported_with_places() {
     let text = "\
 upstream: { url: \"demo:\" }
@@ -93,6 +222,52 @@ fn keys_file_problems_name_the_keys_file() {
     let config = load(&dir.join("sluice.yaml")).unwrap();
     assert_eq!(config.policy.identifier.registry.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_keys_file_is_checked_whole_with_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.yaml"),
+        "\
+- { key: a, plan: pro, colour: red }
+- { key: b, plan: pro, limits: { send: 5/mni } }
+- { key: c, plan: pro }
+- { key: c, plan: pro, plan: free }
+",
+    )
+    .unwrap();
+    let text = "upstream: { url: \"demo:\" }\nkeys_file: keys.yaml\nshadow: sometimes\n";
+    std::fs::write(dir.path().join("sluice.yaml"), text).unwrap();
+    let e: Vec<String> = load(&dir.path().join("sluice.yaml"))
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let main = dir.path().join("sluice.yaml").display().to_string();
+    let keys = dir.path().join("keys.yaml").display().to_string();
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(
+        e[0],
+        format!("{main}:3:9: shadow: invalid type: string \"sometimes\", expected a boolean")
+    );
+    assert!(
+        e[1].starts_with(&format!(
+            "{keys}:1:24: [0]: unknown field `colour`, expected one of"
+        )),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].starts_with(&format!(
+            "{keys}:2:40: [1].limits.send: malformed rate \"5/mni\""
+        )),
+        "{e:#?}"
+    );
+    assert_eq!(
+        e[3],
+        format!("{keys}:4:24: [3].plan: duplicate key, first given at line 4; a mapping names each key once")
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! Each type parses from a string (and, where a bare number has an obvious meaning, from a
 //! YAML integer), prints back in a form the parser accepts, and deserializes with
-//! `serde::de::Error::custom` so that serde_yaml attaches the line and column of the bad value.
+//! `serde::de::Error::custom` so that the config's YAML reader (`config::yaml`) places the bad
+//! value at its line and column.
 
 use std::fmt;
 use std::str::FromStr;
@@ -395,6 +396,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::yaml::de::from_str;
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -690,17 +692,17 @@ mod tests {
         body: Option<ByteSize>,
     }
 
-    /// The error serde_yaml gives, with its 1-based (line, column).
+    /// The error the config's YAML reader gives, with its 1-based (line, column).
     fn yaml_error(src: &str) -> (String, (usize, usize)) {
-        let err = serde_yaml::from_str::<Limits>(src).unwrap_err();
-        let location = err.location().expect("error has a location");
-        (err.to_string(), (location.line(), location.column()))
+        let errors = from_str::<Limits>(src).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let error = &errors[0];
+        (error.message.clone(), (error.at.line, error.at.column))
     }
 
     #[test]
     fn deserializes_strings_and_integers_from_yaml() {
-        let limits: Limits =
-            serde_yaml::from_str("limit: 100/min\nwindow: 1.5s\nbody: 1MiB\n").unwrap();
+        let limits: Limits = from_str("limit: 100/min\nwindow: 1.5s\nbody: 1MiB\n").unwrap();
         assert_eq!(limits.limit, rate(100, 60));
         assert_eq!(
             limits.window,
@@ -708,13 +710,12 @@ mod tests {
         );
         assert_eq!(limits.body, Some(ByteSize(1 << 20)));
 
-        let limits: Limits =
-            serde_yaml::from_str("limit: \"10/s\"\nwindow: 30\nbody: 100\n").unwrap();
+        let limits: Limits = from_str("limit: \"10/s\"\nwindow: 30\nbody: 100\n").unwrap();
         assert_eq!(limits.limit, rate(10, 1));
         assert_eq!(limits.window, Some(HumanDuration(secs(30))));
         assert_eq!(limits.body, Some(ByteSize(100)));
 
-        let limits: Limits = serde_yaml::from_str("{limit: 1/day, window: '0'}").unwrap();
+        let limits: Limits = from_str("{limit: 1/day, window: '0'}").unwrap();
         assert_eq!(limits.limit, rate(1, 86_400));
         assert_eq!(limits.window, Some(HumanDuration(Duration::ZERO)));
     }
@@ -726,7 +727,7 @@ mod tests {
         assert_eq!(
             message,
             "limit: malformed rate \"100/mni\": expected COUNT/UNIT with UNIT one of s, min, h, d \
-             (or COUNT/DURATION like 100/10s) at line 1 column 8"
+             (or COUNT/DURATION like 100/10s)"
         );
 
         let (message, location) = yaml_error("limit: 1/s\nwindow: 5 parsecs\n");
